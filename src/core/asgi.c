@@ -1,0 +1,1354 @@
+#include "asgi.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/un.h>
+
+/* The bridge buffers this much unread request body before it stops reading the socket. */
+#define BODY_HIGH_WATER 65536
+
+struct ph_req_s {
+    PyObject_HEAD
+    ph_pyserver_t *srv;
+    ph_stream_t *stream; /* NULL once the protocol released it */
+    PyObject *task;
+    PyObject *recv_fut, *send_fut;
+    PyObject *body; /* list of bytes not yet received by the app, or NULL */
+    size_t body_buffered;
+    ph_req_t *prev, *next; /* in srv->reqs while the app runs */
+    unsigned body_end : 1, body_final_sent : 1, disconnected : 1, started : 1, done : 1,
+        want_body_sent : 1, paused : 1, app_running : 1, linked : 1;
+    int status;
+    uint64_t bytes;
+    double t0;
+    /* kept for the access log only */
+    PyObject *log_client, *log_method, *log_path, *log_version;
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *coro;
+    ph_req_t *req;
+    int running;
+} driver_t;
+
+enum { WAIT_RECEIVE, WAIT_SEND };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *result;
+    PyObject *fut_iter;
+    ph_req_t *req;
+    int kind;
+} waiter_t;
+
+static const ph_stream_handler_t asgi_handler;
+
+/* ---- helpers ---- */
+
+static void wake(PyObject **futp, ph_state_t *st)
+{
+    PyObject *fut = *futp;
+    if (fut == NULL)
+        return;
+    *futp = NULL;
+    PyObject *done = PyObject_CallMethodNoArgs(fut, st->s_done);
+    if (done == Py_False) {
+        PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, Py_None);
+        if (r == NULL)
+            PyErr_WriteUnraisable(fut);
+        Py_XDECREF(r);
+    } else if (done == NULL) {
+        PyErr_WriteUnraisable(fut);
+    }
+    Py_XDECREF(done);
+    Py_DECREF(fut);
+}
+
+static void log_exception(ph_pyserver_t *srv, const char *msg, PyObject *exc)
+{
+    PyObject *m = PyUnicode_FromString(msg);
+    PyObject *r = m ? PyObject_CallFunctionObjArgs(srv->log_exception, m, exc ? exc : Py_None, NULL)
+                    : NULL;
+    if (r == NULL)
+        PyErr_WriteUnraisable(srv->log_exception);
+    Py_XDECREF(r);
+    Py_XDECREF(m);
+}
+
+static PyObject *addr_tuple(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+    } else {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(si)", host, port);
+}
+
+/* ---- the request object: receive() / send() ---- */
+
+static void req_unlink(ph_req_t *r)
+{
+    if (!r->linked)
+        return;
+    ph_pyserver_t *srv = r->srv;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        srv->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    r->linked = 0;
+    srv->nreqs--;
+}
+
+static int req_traverse(ph_req_t *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->task);
+    Py_VISIT(r->recv_fut);
+    Py_VISIT(r->send_fut);
+    Py_VISIT(r->body);
+    Py_VISIT(Py_TYPE(r));
+    return 0;
+}
+
+static int req_clear(ph_req_t *r)
+{
+    Py_CLEAR(r->task);
+    Py_CLEAR(r->recv_fut);
+    Py_CLEAR(r->send_fut);
+    Py_CLEAR(r->body);
+    Py_CLEAR(r->log_client);
+    Py_CLEAR(r->log_method);
+    Py_CLEAR(r->log_path);
+    Py_CLEAR(r->log_version);
+    return 0;
+}
+
+static void req_dealloc(ph_req_t *r)
+{
+    PyTypeObject *tp = Py_TYPE(r);
+    PyObject_GC_UnTrack(r);
+    req_unlink(r);
+    req_clear(r);
+    Py_CLEAR(r->srv);
+    tp->tp_free(r);
+    Py_DECREF(tp);
+}
+
+/* The next message for receive(), or NULL without an exception when the app must wait. */
+static PyObject *take_message(ph_req_t *r)
+{
+    ph_state_t *st = r->srv->st;
+    if (r->body || (r->body_end && !r->body_final_sent)) {
+        PyObject *body;
+        if (r->body == NULL) {
+            body = Py_NewRef(st->empty_bytes);
+        } else if (PyList_GET_SIZE(r->body) == 1) {
+            body = Py_NewRef(PyList_GET_ITEM(r->body, 0));
+        } else {
+            body = PyObject_CallMethod(st->empty_bytes, "join", "O", r->body);
+            if (body == NULL)
+                return NULL;
+        }
+        Py_CLEAR(r->body);
+        r->body_buffered = 0;
+        int more = !r->body_end;
+        if (!more)
+            r->body_final_sent = 1;
+        if (r->paused && r->stream) {
+            r->paused = 0;
+            r->stream->ops->want_body(r->stream);
+            ph_loop_touch(&r->srv->loop);
+        }
+        PyObject *msg = PyDict_New();
+        if (msg == NULL || PyDict_SetItem(msg, st->k_type, st->v_http_request) < 0 ||
+            PyDict_SetItem(msg, st->k_body, body) < 0 ||
+            PyDict_SetItem(msg, st->k_more_body, more ? Py_True : Py_False) < 0) {
+            Py_XDECREF(msg);
+            Py_DECREF(body);
+            return NULL;
+        }
+        Py_DECREF(body);
+        return msg;
+    }
+    if (r->disconnected || r->done || (r->body_final_sent && r->stream == NULL)) {
+        PyObject *msg = PyDict_New();
+        if (msg && PyDict_SetItem(msg, st->k_type, st->v_http_disconnect) < 0)
+            Py_CLEAR(msg);
+        return msg;
+    }
+    return NULL;
+}
+
+static PyObject *new_waiter(ph_req_t *r, int kind, PyObject *result, PyObject **futp)
+{
+    ph_state_t *st = r->srv->st;
+    waiter_t *w = PyObject_GC_New(waiter_t, st->waiter_type);
+    if (w == NULL)
+        return NULL;
+    w->result = result; /* stolen */
+    w->fut_iter = NULL;
+    w->req = (ph_req_t *)Py_NewRef(r);
+    w->kind = kind;
+    if (futp) {
+        PyObject *fut = PyObject_CallMethodNoArgs(r->srv->aloop, st->s_create_future);
+        if (fut == NULL) {
+            PyObject_GC_Track(w);
+            Py_DECREF(w);
+            return NULL;
+        }
+        w->fut_iter = PyObject_CallMethodNoArgs(fut, st->s_await);
+        if (w->fut_iter == NULL) {
+            Py_DECREF(fut);
+            PyObject_GC_Track(w);
+            Py_DECREF(w);
+            return NULL;
+        }
+        Py_XSETREF(*futp, fut);
+    }
+    PyObject_GC_Track(w);
+    return (PyObject *)w;
+}
+
+static PyObject *req_receive(ph_req_t *r, PyObject *unused)
+{
+    (void)unused;
+    if (!r->want_body_sent && r->stream && !r->body_end) {
+        r->want_body_sent = 1;
+        r->stream->ops->want_body(r->stream); /* 100 Continue goes out on the first receive() */
+        ph_loop_touch(&r->srv->loop);
+    }
+    PyObject *msg = take_message(r);
+    if (msg)
+        return new_waiter(r, WAIT_RECEIVE, msg, NULL);
+    if (PyErr_Occurred())
+        return NULL;
+    return new_waiter(r, WAIT_RECEIVE, NULL, &r->recv_fut);
+}
+
+static void access_log(ph_req_t *r)
+{
+    ph_pyserver_t *srv = r->srv;
+    if (srv->access_log == NULL || r->log_method == NULL)
+        return;
+    double dt = ph_monotonic() - r->t0;
+    PyObject *res = PyObject_CallFunction(srv->access_log, "OOOOiKd", r->log_client, r->log_method,
+                                          r->log_path, r->log_version, r->status,
+                                          (unsigned long long)r->bytes, dt);
+    if (res == NULL)
+        PyErr_WriteUnraisable(srv->access_log);
+    Py_XDECREF(res);
+}
+
+static PyObject *raise_disconnected(ph_req_t *r)
+{
+    PyErr_SetString(r->srv->st->client_disconnected, "the client disconnected");
+    return NULL;
+}
+
+#define MAX_STACK_HEADERS 32
+
+static PyObject *send_start(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    if (r->started) {
+        PyErr_SetString(PyExc_RuntimeError, "http.response.start sent twice");
+        return NULL;
+    }
+    PyObject *status_o = PyDict_GetItemWithError(msg, st->k_status);
+    if (status_o == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "http.response.start needs a status");
+        return NULL;
+    }
+    int status = (int)PyLong_AsLong(status_o);
+    if (status == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *hs = PyDict_GetItemWithError(msg, st->k_headers);
+    if (hs == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = NULL;
+    Py_ssize_t n = 0;
+    if (hs && hs != Py_None) {
+        seq = PySequence_Fast(hs, "headers must be an iterable of [name, value] pairs");
+        if (seq == NULL)
+            return NULL;
+        n = PySequence_Fast_GET_SIZE(seq);
+    }
+    ph_header_t stack[MAX_STACK_HEADERS], *arr = stack;
+    if (n > MAX_STACK_HEADERS) {
+        arr = PyMem_Malloc(sizeof(ph_header_t) * (size_t)n);
+        if (arr == NULL) {
+            Py_XDECREF(seq);
+            return PyErr_NoMemory();
+        }
+    }
+    PyObject *ret = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *name, *value;
+        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            name = PyTuple_GET_ITEM(pair, 0);
+            value = PyTuple_GET_ITEM(pair, 1);
+        } else if (PyList_Check(pair) && PyList_GET_SIZE(pair) == 2) {
+            name = PyList_GET_ITEM(pair, 0);
+            value = PyList_GET_ITEM(pair, 1);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "each header must be a [name, value] pair");
+            goto out;
+        }
+        if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "header names and values must be bytes");
+            goto out;
+        }
+        arr[i].name = (ph_slice_t){PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)};
+        arr[i].value = (ph_slice_t){PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value)};
+    }
+    if (r->stream == NULL || r->disconnected) {
+        raise_disconnected(r);
+        goto out;
+    }
+    int rv = r->stream->ops->start(r->stream, status, arr, (size_t)n);
+    if (rv == PH_EINVAL) {
+        PyErr_Format(PyExc_ValueError,
+                     "invalid response: status %d or a header name/value is not allowed", status);
+        goto out;
+    } else if (rv < 0) {
+        raise_disconnected(r);
+        goto out;
+    }
+    r->started = 1;
+    r->status = status;
+    ret = Py_NewRef(st->done);
+out:
+    if (arr != stack)
+        PyMem_Free(arr);
+    Py_XDECREF(seq);
+    return ret;
+}
+
+static PyObject *send_body(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    if (!r->started) {
+        PyErr_SetString(PyExc_RuntimeError, "http.response.body before http.response.start");
+        return NULL;
+    }
+    if (r->done) {
+        PyErr_SetString(PyExc_RuntimeError, "http.response.body after the response completed");
+        return NULL;
+    }
+    PyObject *body = PyDict_GetItemWithError(msg, st->k_body);
+    if (body == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *more_o = PyDict_GetItemWithError(msg, st->k_more_body);
+    if (more_o == NULL && PyErr_Occurred())
+        return NULL;
+    int more = more_o ? PyObject_IsTrue(more_o) : 0;
+    if (more < 0)
+        return NULL;
+    Py_buffer view = {0};
+    const char *data = "";
+    size_t len = 0;
+    if (body && body != Py_None) {
+        if (PyBytes_Check(body)) {
+            data = PyBytes_AS_STRING(body);
+            len = (size_t)PyBytes_GET_SIZE(body);
+        } else {
+            if (PyObject_GetBuffer(body, &view, PyBUF_SIMPLE) < 0)
+                return NULL;
+            data = view.buf;
+            len = (size_t)view.len;
+        }
+    }
+    if (r->stream == NULL || r->disconnected) {
+        if (view.obj)
+            PyBuffer_Release(&view);
+        return raise_disconnected(r);
+    }
+    ph_stream_t *s = r->stream;
+    int rv = s->ops->body(s, data, len, more);
+    if (view.obj)
+        PyBuffer_Release(&view);
+    if (rv == PH_EINVAL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        more ? "response body longer than its Content-Length"
+                             : "response body shorter or longer than its Content-Length");
+        return NULL;
+    }
+    if (rv < 0)
+        return raise_disconnected(r);
+    r->bytes += len;
+    if (!more) {
+        r->done = 1;
+        access_log(r);
+        wake(&r->recv_fut, st); /* a pending receive() now returns http.disconnect */
+        return Py_NewRef(st->done);
+    }
+    /* r->stream may have been released by now (the protocol is done with it). */
+    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
+        return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
+    ph_loop_touch(&r->srv->loop);
+    return Py_NewRef(st->done);
+}
+
+static PyObject *req_send(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    if (!PyDict_Check(msg)) {
+        PyErr_SetString(PyExc_TypeError, "an ASGI message must be a dict");
+        return NULL;
+    }
+    PyObject *type = PyDict_GetItemWithError(msg, st->k_type);
+    if (type == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "an ASGI message needs a 'type'");
+        return NULL;
+    }
+    if (type == st->v_http_response_body ||
+        (PyUnicode_Check(type) && PyUnicode_Compare(type, st->v_http_response_body) == 0))
+        return send_body(r, msg);
+    if (type == st->v_http_response_start ||
+        (PyUnicode_Check(type) && PyUnicode_Compare(type, st->v_http_response_start) == 0))
+        return send_start(r, msg);
+    if (PyErr_Occurred())
+        return NULL;
+    PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for an http scope", type);
+    return NULL;
+}
+
+static PyMethodDef receive_def = {"receive", (PyCFunction)req_receive, METH_NOARGS, NULL};
+static PyMethodDef send_def = {"send", (PyCFunction)req_send, METH_O, NULL};
+
+static PyType_Slot req_slots[] = {
+    {Py_tp_dealloc, req_dealloc},
+    {Py_tp_traverse, req_traverse},
+    {Py_tp_clear, req_clear},
+    {0, NULL},
+};
+
+static PyType_Spec req_spec = {
+    .name = "pronghorn._core.Request",
+    .basicsize = sizeof(ph_req_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = req_slots,
+};
+
+/* ---- the awaitable receive() and send() return ---- */
+
+static int waiter_traverse(waiter_t *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->result);
+    Py_VISIT(w->fut_iter);
+    Py_VISIT(w->req);
+    Py_VISIT(Py_TYPE(w));
+    return 0;
+}
+
+static int waiter_clear(waiter_t *w)
+{
+    Py_CLEAR(w->result);
+    Py_CLEAR(w->fut_iter);
+    Py_CLEAR(w->req);
+    return 0;
+}
+
+static void waiter_dealloc(waiter_t *w)
+{
+    PyTypeObject *tp = Py_TYPE(w);
+    PyObject_GC_UnTrack(w);
+    waiter_clear(w);
+    tp->tp_free(w);
+    Py_DECREF(tp);
+}
+
+/* The future fired: produce the result, or wait again. */
+static PySendResult waiter_resume(waiter_t *w, PyObject **result)
+{
+    ph_req_t *r = w->req;
+    if (r == NULL) { /* the shared "done" awaitable */
+        *result = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    ph_state_t *st = r->srv->st;
+    if (w->kind == WAIT_RECEIVE) {
+        PyObject *msg = take_message(r);
+        if (msg) {
+            *result = msg;
+            return PYGEN_RETURN;
+        }
+        if (PyErr_Occurred())
+            return PYGEN_ERROR;
+        PyObject *fut = PyObject_CallMethodNoArgs(r->srv->aloop, st->s_create_future);
+        if (fut == NULL)
+            return PYGEN_ERROR;
+        w->fut_iter = PyObject_CallMethodNoArgs(fut, st->s_await);
+        Py_XSETREF(r->recv_fut, fut);
+        return w->fut_iter ? PYGEN_NEXT : PYGEN_ERROR;
+    }
+    if (r->disconnected || (r->stream == NULL && !r->done)) {
+        raise_disconnected(r);
+        return PYGEN_ERROR;
+    }
+    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water) {
+        PyObject *fut = PyObject_CallMethodNoArgs(r->srv->aloop, st->s_create_future);
+        if (fut == NULL)
+            return PYGEN_ERROR;
+        w->fut_iter = PyObject_CallMethodNoArgs(fut, st->s_await);
+        Py_XSETREF(r->send_fut, fut);
+        return w->fut_iter ? PYGEN_NEXT : PYGEN_ERROR;
+    }
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult waiter_am_send(waiter_t *w, PyObject *arg, PyObject **result)
+{
+    for (;;) {
+        if (w->fut_iter == NULL) {
+            if (w->result) {
+                *result = w->result;
+                w->result = NULL;
+                return PYGEN_RETURN;
+            }
+            if (w->req == NULL) {
+                *result = Py_NewRef(Py_None);
+                return PYGEN_RETURN;
+            }
+        }
+        if (w->fut_iter) {
+            PyObject *v;
+            PySendResult rv = PyIter_Send(w->fut_iter, arg, &v);
+            if (rv == PYGEN_NEXT) {
+                *result = v;
+                return rv;
+            }
+            Py_CLEAR(w->fut_iter);
+            if (rv == PYGEN_ERROR)
+                return rv;
+            Py_DECREF(v);
+        }
+        PySendResult rv = waiter_resume(w, result);
+        if (rv != PYGEN_NEXT)
+            return rv;
+        arg = Py_None; /* a new future to yield */
+    }
+}
+
+static PyObject *gen_result(PySendResult rv, PyObject *v)
+{
+    if (rv == PYGEN_NEXT)
+        return v;
+    if (rv == PYGEN_RETURN) {
+        if (v == Py_None)
+            PyErr_SetNone(PyExc_StopIteration);
+        else {
+            PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, v);
+            if (e) {
+                PyErr_SetObject(PyExc_StopIteration, e);
+                Py_DECREF(e);
+            }
+        }
+        Py_DECREF(v);
+    }
+    return NULL;
+}
+
+static PyObject *waiter_iternext(waiter_t *w)
+{
+    PyObject *v = NULL;
+    PySendResult rv = waiter_am_send(w, Py_None, &v);
+    if (rv == PYGEN_RETURN) {
+        /* tp_iternext signals the value through StopIteration */
+        return gen_result(rv, v);
+    }
+    return rv == PYGEN_NEXT ? v : NULL;
+}
+
+static PyObject *waiter_send(waiter_t *w, PyObject *arg)
+{
+    PyObject *v = NULL;
+    PySendResult rv = waiter_am_send(w, arg, &v);
+    return gen_result(rv, v);
+}
+
+/* Raises what throw(typ[, val[, tb]]) names, as a generator with nothing to delegate to does. */
+static PyObject *raise_thrown(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : NULL;
+    if (PyExceptionInstance_Check(typ))
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    else if (PyExceptionClass_Check(typ))
+        PyErr_SetObject(typ, val && val != Py_None ? val : NULL);
+    else
+        PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    return NULL;
+}
+
+static PyObject *waiter_throw(waiter_t *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+        return NULL;
+    }
+    if (w->fut_iter == NULL)
+        return raise_thrown(args, nargs);
+    PyObject *it = w->fut_iter;
+    w->fut_iter = NULL;
+    PyObject *meth = PyObject_GetAttr(it, w->req->srv->st->s_throw);
+    PyObject *res = meth ? PyObject_Vectorcall(meth, args, (size_t)nargs, NULL) : NULL;
+    Py_XDECREF(meth);
+    if (res) {
+        w->fut_iter = it; /* the future handled it and yields again */
+        return res;
+    }
+    Py_DECREF(it);
+    return NULL;
+}
+
+static PyObject *waiter_close(waiter_t *w, PyObject *unused)
+{
+    (void)unused;
+    Py_CLEAR(w->fut_iter);
+    Py_CLEAR(w->result);
+    Py_RETURN_NONE;
+}
+
+static PyObject *self_iter(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyMethodDef waiter_methods[] = {
+    {"send", (PyCFunction)waiter_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))waiter_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)waiter_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot waiter_slots[] = {
+    {Py_tp_dealloc, waiter_dealloc},
+    {Py_tp_traverse, waiter_traverse},
+    {Py_tp_clear, waiter_clear},
+    {Py_tp_iter, self_iter},
+    {Py_tp_iternext, waiter_iternext},
+    {Py_am_await, self_iter},
+    {Py_am_send, waiter_am_send},
+    {Py_tp_methods, waiter_methods},
+    {0, NULL},
+};
+
+static PyType_Spec waiter_spec = {
+    .name = "pronghorn._core.Awaitable",
+    .basicsize = sizeof(waiter_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = waiter_slots,
+};
+
+/* ---- the app's end: what happens when its coroutine returns or raises ---- */
+
+static void respond_500(ph_req_t *r)
+{
+    ph_stream_t *s = r->stream;
+    static const char text[] = "Internal Server Error";
+    static const ph_header_t hs[] = {
+        {{"content-type", 12}, {"text/plain; charset=utf-8", 25}},
+        {{"connection", 10}, {"close", 5}},
+    };
+    if (s->ops->start(s, 500, hs, 2) == 0 && s->ops->body(s, text, sizeof(text) - 1, 0) == 0) {
+        r->started = 1;
+        r->status = 500;
+        r->bytes = sizeof(text) - 1;
+        r->done = 1;
+        access_log(r);
+    }
+}
+
+/* exc: the exception the app raised (borrowed), or NULL when it returned. */
+static void app_done(ph_req_t *r, PyObject *exc)
+{
+    ph_pyserver_t *srv = r->srv;
+    ph_state_t *st = srv->st;
+    r->app_running = 0;
+    req_unlink(r);
+    int cancelled = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->cancelled_error);
+    if (exc && !cancelled)
+        log_exception(srv, "Exception in ASGI application", exc);
+    if (r->stream && !r->disconnected) {
+        if (!r->started) {
+            if (!exc)
+                log_exception(srv, "ASGI callable returned without starting a response", NULL);
+            respond_500(r);
+        } else if (!r->done) {
+            if (!exc && !cancelled)
+                log_exception(srv, "ASGI callable returned without completing the response", NULL);
+            r->stream->ops->abort(r->stream);
+        }
+    }
+    Py_CLEAR(r->task);
+    Py_CLEAR(r->recv_fut);
+    Py_CLEAR(r->send_fut);
+}
+
+static int driver_traverse(driver_t *d, visitproc visit, void *arg)
+{
+    Py_VISIT(d->coro);
+    Py_VISIT(d->req);
+    Py_VISIT(Py_TYPE(d));
+    return 0;
+}
+
+static int driver_clear(driver_t *d)
+{
+    Py_CLEAR(d->coro);
+    Py_CLEAR(d->req);
+    return 0;
+}
+
+static void driver_dealloc(driver_t *d)
+{
+    PyTypeObject *tp = Py_TYPE(d);
+    PyObject_GC_UnTrack(d);
+    driver_clear(d);
+    tp->tp_free(d);
+    Py_DECREF(tp);
+}
+
+static PySendResult driver_after(driver_t *d, PySendResult rv, PyObject **result)
+{
+    if (rv == PYGEN_NEXT)
+        return rv;
+    ph_req_t *r = d->req;
+    Py_CLEAR(d->coro);
+    if (rv == PYGEN_RETURN) {
+        Py_DECREF(*result);
+        if (r)
+            app_done(r, NULL);
+        *result = Py_NewRef(Py_None);
+        Py_CLEAR(d->req);
+        return PYGEN_RETURN;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    int cancelled = r && value && PyObject_TypeCheck(value, (PyTypeObject *)r->srv->st->cancelled_error);
+    if (r)
+        app_done(r, value);
+    Py_CLEAR(d->req);
+    if (cancelled) {
+        /* The task was cancelled: let it end cancelled. */
+        PyErr_Restore(type, value, tb);
+        return PYGEN_ERROR;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult driver_am_send(driver_t *d, PyObject *arg, PyObject **result)
+{
+    if (d->coro == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    d->running = 1;
+    PySendResult rv = PyIter_Send(d->coro, arg, result);
+    d->running = 0;
+    return driver_after(d, rv, result);
+}
+
+static PyObject *driver_send(driver_t *d, PyObject *arg)
+{
+    PyObject *v = NULL;
+    PySendResult rv = driver_am_send(d, arg, &v);
+    return gen_result(rv, v);
+}
+
+static PyObject *driver_iternext(driver_t *d)
+{
+    PyObject *v = NULL;
+    PySendResult rv = driver_am_send(d, Py_None, &v);
+    if (rv == PYGEN_RETURN)
+        return gen_result(rv, v);
+    return rv == PYGEN_NEXT ? v : NULL;
+}
+
+static PyObject *driver_throw(driver_t *d, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+        return NULL;
+    }
+    if (d->coro == NULL)
+        return raise_thrown(args, nargs);
+    PyObject *meth = PyObject_GetAttrString(d->coro, "throw");
+    if (meth == NULL)
+        return NULL;
+    d->running = 1;
+    PyObject *res = PyObject_Vectorcall(meth, args, (size_t)nargs, NULL);
+    d->running = 0;
+    Py_DECREF(meth);
+    if (res)
+        return res;
+    PyObject *v = NULL;
+    PySendResult rv;
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        v = value ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (v == NULL)
+            return NULL;
+        rv = PYGEN_RETURN;
+    } else {
+        rv = PYGEN_ERROR;
+    }
+    rv = driver_after(d, rv, &v);
+    return gen_result(rv, v);
+}
+
+static PyObject *driver_close(driver_t *d, PyObject *unused)
+{
+    (void)unused;
+    if (d->coro == NULL)
+        Py_RETURN_NONE;
+    PyObject *coro = d->coro;
+    d->coro = NULL;
+    PyObject *r = PyObject_CallMethod(coro, "close", NULL);
+    Py_DECREF(coro);
+    return r;
+}
+
+static PyObject *driver_getattr_coro(driver_t *d, const char *name, PyObject *dflt)
+{
+    if (d->coro == NULL)
+        return Py_NewRef(dflt);
+    PyObject *v = PyObject_GetAttrString(d->coro, name);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return Py_NewRef(dflt);
+    }
+    return v;
+}
+
+static PyObject *driver_cr_running(driver_t *d, void *c)
+{
+    (void)c;
+    if (d->running)
+        Py_RETURN_TRUE;
+    return driver_getattr_coro(d, "cr_running", Py_False);
+}
+
+static PyObject *driver_cr_suspended(driver_t *d, void *c)
+{
+    (void)c;
+    return driver_getattr_coro(d, "cr_suspended", Py_False);
+}
+
+static PyObject *driver_cr_frame(driver_t *d, void *c)
+{
+    (void)c;
+    return driver_getattr_coro(d, "cr_frame", Py_None);
+}
+
+static PyObject *driver_cr_await(driver_t *d, void *c)
+{
+    (void)c;
+    return driver_getattr_coro(d, "cr_await", Py_None);
+}
+
+static PyObject *driver_cr_code(driver_t *d, void *c)
+{
+    (void)c;
+    return driver_getattr_coro(d, "cr_code", Py_None);
+}
+
+static PyObject *driver_qualname(driver_t *d, void *c)
+{
+    (void)c;
+    return driver_getattr_coro(d, "__qualname__", Py_None);
+}
+
+static PyGetSetDef driver_getset[] = {
+    {"cr_running", (getter)driver_cr_running, NULL, NULL, NULL},
+    {"cr_suspended", (getter)driver_cr_suspended, NULL, NULL, NULL},
+    {"cr_frame", (getter)driver_cr_frame, NULL, NULL, NULL},
+    {"cr_await", (getter)driver_cr_await, NULL, NULL, NULL},
+    {"cr_code", (getter)driver_cr_code, NULL, NULL, NULL},
+    {"__qualname__", (getter)driver_qualname, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef driver_methods[] = {
+    {"send", (PyCFunction)driver_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))driver_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)driver_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot driver_slots[] = {
+    {Py_tp_dealloc, driver_dealloc},
+    {Py_tp_traverse, driver_traverse},
+    {Py_tp_clear, driver_clear},
+    {Py_tp_iter, self_iter},
+    {Py_tp_iternext, driver_iternext},
+    {Py_am_await, self_iter},
+    {Py_am_send, driver_am_send},
+    {Py_tp_methods, driver_methods},
+    {Py_tp_getset, driver_getset},
+    {0, NULL},
+};
+
+static PyType_Spec driver_spec = {
+    .name = "pronghorn._core.AppCoroutine",
+    .basicsize = sizeof(driver_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = driver_slots,
+};
+
+/* ---- stream events ---- */
+
+static void on_body(ph_stream_t *s, const char *data, size_t len)
+{
+    ph_req_t *r = s->user;
+    if (r->body_final_sent || len == 0)
+        return;
+    PyObject *b = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    if (b == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        return;
+    }
+    if (r->body == NULL) {
+        r->body = PyList_New(0);
+        if (r->body == NULL) {
+            Py_DECREF(b);
+            PyErr_WriteUnraisable(NULL);
+            return;
+        }
+    }
+    PyList_Append(r->body, b);
+    Py_DECREF(b);
+    r->body_buffered += len;
+    if (r->body_buffered > BODY_HIGH_WATER && !r->paused) {
+        r->paused = 1;
+        s->ops->pause_body(s);
+    }
+    wake(&r->recv_fut, r->srv->st);
+}
+
+static void on_body_end(ph_stream_t *s)
+{
+    ph_req_t *r = s->user;
+    r->body_end = 1;
+    wake(&r->recv_fut, r->srv->st);
+}
+
+static void on_drain(ph_stream_t *s)
+{
+    ph_req_t *r = s->user;
+    wake(&r->send_fut, r->srv->st);
+}
+
+static void on_disconnect(ph_stream_t *s)
+{
+    ph_req_t *r = s->user;
+    if (!r->done)
+        r->disconnected = 1;
+    wake(&r->recv_fut, r->srv->st);
+    wake(&r->send_fut, r->srv->st);
+}
+
+static void on_release(ph_stream_t *s)
+{
+    ph_req_t *r = s->user;
+    r->stream = NULL;
+    if (!r->done)
+        r->disconnected = 1;
+    wake(&r->recv_fut, r->srv->st);
+    wake(&r->send_fut, r->srv->st);
+    Py_DECREF(r);
+}
+
+static const ph_stream_handler_t asgi_handler = {
+    .on_body = on_body,
+    .on_body_end = on_body_end,
+    .on_drain = on_drain,
+    .on_disconnect = on_disconnect,
+    .on_release = on_release,
+};
+
+/* ---- scope ---- */
+
+static PyObject *method_str(ph_state_t *st, ph_slice_t m)
+{
+    static const char *const names[8] = {"GET",   "HEAD",    "POST",  "PUT",
+                                         "DELETE", "PATCH", "OPTIONS", "TRACE"};
+    for (int i = 0; i < 8; i++)
+        if (strlen(names[i]) == m.len && memcmp(names[i], m.base, m.len) == 0)
+            return Py_NewRef(st->methods[i]);
+    return PyUnicode_DecodeLatin1(m.base, (Py_ssize_t)m.len, NULL);
+}
+
+static int set_item(PyObject *d, PyObject *k, PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    int rv = PyDict_SetItem(d, k, v);
+    Py_DECREF(v);
+    return rv;
+}
+
+/* With --proxy-headers: the trusted proxy's X-Forwarded-For/-Proto replace client and scheme. */
+static int apply_proxy(ph_pyserver_t *srv, const ph_request_t *rq, PyObject **client,
+                       PyObject **scheme)
+{
+    PyObject *xff = NULL, *xfp = NULL;
+    for (size_t i = 0; i < rq->nheaders; i++) {
+        ph_slice_t n = rq->headers[i].name, v = rq->headers[i].value;
+        if (n.len == 15 && memcmp(n.base, "x-forwarded-for", 15) == 0 && xff == NULL)
+            xff = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
+        else if (n.len == 17 && memcmp(n.base, "x-forwarded-proto", 17) == 0 && xfp == NULL)
+            xfp = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
+    }
+    if (xff == NULL && xfp == NULL)
+        return 0;
+    PyObject *res = PyObject_CallFunctionObjArgs(srv->proxy, *client, xff ? xff : Py_None,
+                                                 xfp ? xfp : Py_None, NULL);
+    Py_XDECREF(xff);
+    Py_XDECREF(xfp);
+    if (res == NULL)
+        return -1;
+    if (PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2) {
+        PyObject *c = PyTuple_GET_ITEM(res, 0), *s = PyTuple_GET_ITEM(res, 1);
+        if (c != Py_None)
+            Py_SETREF(*client, Py_NewRef(c));
+        if (s != Py_None)
+            Py_SETREF(*scheme, Py_NewRef(s));
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
+{
+    ph_state_t *st = srv->st;
+    const ph_request_t *rq = &s->req;
+    PyObject *scope = PyDict_New();
+    if (scope == NULL)
+        return NULL;
+    PyObject *asgi = PyDict_New();
+    if (asgi == NULL || PyDict_SetItem(asgi, st->k_version, st->v_3_0) < 0 ||
+        PyDict_SetItem(asgi, st->k_spec_version, st->v_2_4) < 0) {
+        Py_XDECREF(asgi);
+        goto fail;
+    }
+    PyObject *method = method_str(st, rq->method);
+    PyObject *version = rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
+    PyObject *client = addr_tuple(s->peer);
+    PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);
+    if (client && srv->proxy && client != Py_None && apply_proxy(srv, rq, &client, &scheme) < 0) {
+        Py_CLEAR(client);
+    }
+    if (PyDict_SetItem(scope, st->k_type, st->v_http) < 0 || set_item(scope, st->k_asgi, asgi) < 0 ||
+        PyDict_SetItem(scope, st->k_http_version, version) < 0 ||
+        PyDict_SetItem(scope, st->k_method, method) < 0 ||
+        set_item(scope, st->k_scheme, scheme) < 0) {
+        Py_XDECREF(method);
+        Py_XDECREF(client);
+        goto fail;
+    }
+    /* path: root_path + percent-decoded UTF-8; raw_path: root_path + the bytes as sent. */
+    char stackbuf[512];
+    char *dec = rq->path.len <= sizeof(stackbuf) ? stackbuf : PyMem_Malloc(rq->path.len);
+    if (dec == NULL) {
+        Py_XDECREF(method);
+        Py_XDECREF(client);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    size_t dl = ph_percent_decode(rq->path.base, rq->path.len, dec);
+    PyObject *path = PyUnicode_DecodeUTF8(dec, (Py_ssize_t)dl, "replace");
+    if (dec != stackbuf)
+        PyMem_Free(dec);
+    PyObject *raw_path = PyBytes_FromStringAndSize(rq->path.base, (Py_ssize_t)rq->path.len);
+    if (path && PyUnicode_GET_LENGTH(srv->root_path) > 0) {
+        Py_SETREF(path, PyUnicode_Concat(srv->root_path, path));
+        if (raw_path) {
+            PyObject *full = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(srv->root_path_bytes) +
+                                                                 PyBytes_GET_SIZE(raw_path));
+            if (full) {
+                memcpy(PyBytes_AS_STRING(full), PyBytes_AS_STRING(srv->root_path_bytes),
+                       (size_t)PyBytes_GET_SIZE(srv->root_path_bytes));
+                memcpy(PyBytes_AS_STRING(full) + PyBytes_GET_SIZE(srv->root_path_bytes),
+                       PyBytes_AS_STRING(raw_path), (size_t)PyBytes_GET_SIZE(raw_path));
+            }
+            Py_SETREF(raw_path, full);
+        }
+    }
+    if (set_item(scope, st->k_path, path) < 0 || set_item(scope, st->k_raw_path, raw_path) < 0 ||
+        set_item(scope, st->k_query_string,
+                 PyBytes_FromStringAndSize(rq->query.base, (Py_ssize_t)rq->query.len)) < 0 ||
+        PyDict_SetItem(scope, st->k_root_path, srv->root_path) < 0) {
+        Py_XDECREF(method);
+        Py_XDECREF(client);
+        goto fail;
+    }
+    PyObject *headers = PyList_New((Py_ssize_t)rq->nheaders);
+    if (headers == NULL) {
+        Py_XDECREF(method);
+        Py_XDECREF(client);
+        goto fail;
+    }
+    for (size_t i = 0; i < rq->nheaders; i++) {
+        const ph_header_t *h = &rq->headers[i];
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(headers);
+            Py_XDECREF(method);
+            Py_XDECREF(client);
+            goto fail;
+        }
+        PyList_SET_ITEM(headers, (Py_ssize_t)i, pair);
+        PyObject *n = PyBytes_FromStringAndSize(h->name.base, (Py_ssize_t)h->name.len);
+        PyObject *v = PyBytes_FromStringAndSize(h->value.base, (Py_ssize_t)h->value.len);
+        if (n == NULL || v == NULL) {
+            Py_XDECREF(n);
+            Py_XDECREF(v);
+            Py_DECREF(headers);
+            Py_XDECREF(method);
+            Py_XDECREF(client);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(pair, 0, n);
+        PyTuple_SET_ITEM(pair, 1, v);
+    }
+    if (set_item(scope, st->k_headers, headers) < 0 ||
+        PyDict_SetItem(scope, st->k_client, client ? client : Py_None) < 0 ||
+        set_item(scope, st->k_server, addr_tuple(s->local)) < 0 ||
+        set_item(scope, st->k_extensions, PyDict_New()) < 0) {
+        Py_XDECREF(method);
+        Py_XDECREF(client);
+        goto fail;
+    }
+    if (srv->state && set_item(scope, st->k_state, PyDict_Copy(srv->state)) < 0) {
+        Py_XDECREF(method);
+        Py_XDECREF(client);
+        goto fail;
+    }
+    if (srv->access_log) {
+        /* Strings for the log line, kept until the response ends. */
+        if (client && client != Py_None)
+            r->log_client = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0),
+                                                 PyTuple_GET_ITEM(client, 1));
+        else
+            r->log_client = PyUnicode_FromString("-");
+        r->log_method = Py_NewRef(method);
+        r->log_path = PyUnicode_DecodeLatin1(rq->target.base, (Py_ssize_t)rq->target.len, NULL);
+        r->log_version = Py_NewRef(version);
+        if (!r->log_client || !r->log_path) {
+            Py_CLEAR(r->log_method);
+            PyErr_Clear();
+        }
+    }
+    Py_XDECREF(method);
+    Py_XDECREF(client);
+    return scope;
+fail:
+    Py_DECREF(scope);
+    return NULL;
+}
+
+/* ---- starting the app ---- */
+
+/* Runs the task's first step now, inside the current callback, instead of a loop iteration
+ * later. 3.12+ has this built in; on 3.10/3.11 the step the Task just scheduled is taken off the
+ * asyncio loop's ready queue and run in the task's context, exactly as the loop would run it. */
+static PyObject *start_task(ph_pyserver_t *srv, PyObject *coro)
+{
+    ph_state_t *st = srv->st;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *argv[3] = {coro, srv->aloop, Py_True};
+    return PyObject_Vectorcall(st->task_type, argv, 1, st->kw_loop_eager);
+#else
+    Py_ssize_t before = srv->ready ? PyObject_Length(srv->ready) : -1;
+    PyObject *argv[2] = {coro, srv->aloop};
+    PyObject *task = PyObject_Vectorcall(st->task_type, argv, 1, st->kw_loop);
+    if (task == NULL || before < 0)
+        return task;
+    if (PyObject_Length(srv->ready) != before + 1)
+        return task;
+    PyObject *handle = PyObject_CallMethodNoArgs(srv->ready, st->s_pop);
+    if (handle == NULL) {
+        PyErr_WriteUnraisable(srv->ready);
+        return task;
+    }
+    PyObject *ctx = PyObject_GetAttr(handle, st->s_context);
+    PyObject *cb = ctx ? PyObject_GetAttr(handle, st->s_callback) : NULL;
+    if (cb && PyContext_CheckExact(ctx) && PyContext_Enter(ctx) == 0) {
+        PyObject *res = PyObject_CallNoArgs(cb);
+        if (res == NULL)
+            PyErr_WriteUnraisable(cb);
+        Py_XDECREF(res);
+        PyContext_Exit(ctx);
+    } else {
+        /* Not what we expected: put it back for the loop to run. */
+        PyErr_Clear();
+        PyObject *r = PyObject_CallMethod(srv->ready, "append", "O", handle);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(cb);
+    Py_XDECREF(ctx);
+    Py_DECREF(handle);
+    return task;
+#endif
+}
+
+static void respond_simple(ph_stream_t *s, int status, const char *text)
+{
+    ph_header_t hs[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}}};
+    if (s->ops->start(s, status, hs, 1) == 0)
+        s->ops->body(s, text, strlen(text), 0);
+}
+
+void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
+{
+    ph_pyserver_t *srv = server->host;
+    ph_state_t *st = srv->st;
+    size_t limit = server->cfg.limit_concurrency;
+    if (limit && srv->nreqs >= limit) {
+        respond_simple(s, 503, "Service Unavailable");
+        return;
+    }
+    ph_req_t *r = PyObject_GC_New(ph_req_t, st->req_type);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        respond_simple(s, 500, "Internal Server Error");
+        return;
+    }
+    memset((char *)r + sizeof(PyObject), 0, sizeof(*r) - sizeof(PyObject));
+    r->srv = (ph_pyserver_t *)Py_NewRef(srv);
+    r->stream = s;
+    r->t0 = srv->access_log ? ph_monotonic() : 0;
+    r->body_end = s->req.content_length <= 0 && !s->req.chunked;
+    PyObject_GC_Track(r);
+    s->handler = &asgi_handler;
+    s->user = Py_NewRef(r); /* the stream's reference, dropped in on_release */
+
+    PyObject *scope = build_scope(srv, s, r);
+    PyObject *receive = scope ? PyCFunction_New(&receive_def, (PyObject *)r) : NULL;
+    PyObject *send = receive ? PyCFunction_New(&send_def, (PyObject *)r) : NULL;
+    PyObject *coro = NULL;
+    if (send) {
+        PyObject *args[3] = {scope, receive, send};
+        coro = PyObject_Vectorcall(srv->app, args, 3, NULL);
+    }
+    Py_XDECREF(scope);
+    Py_XDECREF(receive);
+    Py_XDECREF(send);
+    if (coro == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value && tb)
+            PyException_SetTraceback(value, tb);
+        log_exception(srv, "Exception in ASGI application", value);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (r->stream)
+            respond_500(r);
+        Py_DECREF(r);
+        return;
+    }
+    driver_t *d = PyObject_GC_New(driver_t, st->driver_type);
+    if (d == NULL) {
+        Py_DECREF(coro);
+        PyErr_WriteUnraisable(NULL);
+        if (r->stream)
+            respond_500(r);
+        Py_DECREF(r);
+        return;
+    }
+    d->coro = coro;
+    d->req = (ph_req_t *)Py_NewRef(r);
+    d->running = 0;
+    PyObject_GC_Track(d);
+    r->app_running = 1;
+    r->linked = 1;
+    r->next = srv->reqs;
+    if (srv->reqs)
+        srv->reqs->prev = r;
+    srv->reqs = r;
+    srv->nreqs++;
+    PyObject *task = start_task(srv, (PyObject *)d);
+    Py_DECREF(d);
+    if (task == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        if (r->app_running) {
+            r->app_running = 0;
+            req_unlink(r);
+            if (r->stream)
+                respond_500(r);
+        }
+    } else if (r->app_running) {
+        r->task = task; /* still running: keep it for shutdown */
+    } else {
+        Py_DECREF(task);
+    }
+    Py_DECREF(r);
+}
+
+Py_ssize_t ph_asgi_cancel_all(ph_pyserver_t *srv)
+{
+    Py_ssize_t n = 0;
+    for (ph_req_t *r = srv->reqs; r; r = r->next) {
+        if (r->task == NULL)
+            continue;
+        PyObject *res = PyObject_CallMethodNoArgs(r->task, srv->st->s_cancel);
+        if (res == NULL)
+            PyErr_WriteUnraisable(r->task);
+        Py_XDECREF(res);
+        n++;
+    }
+    return n;
+}
+
+int ph_asgi_init_types(PyObject *module, ph_state_t *st)
+{
+    st->req_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &req_spec, NULL);
+    st->driver_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &driver_spec, NULL);
+    st->waiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waiter_spec, NULL);
+    if (!st->req_type || !st->driver_type || !st->waiter_type)
+        return -1;
+    if (PyModule_AddObjectRef(module, "AppCoroutine", (PyObject *)st->driver_type) < 0)
+        return -1;
+    waiter_t *done = PyObject_GC_New(waiter_t, st->waiter_type);
+    if (done == NULL)
+        return -1;
+    done->result = NULL;
+    done->fut_iter = NULL;
+    done->req = NULL;
+    done->kind = WAIT_SEND;
+    PyObject_GC_Track(done);
+    st->done = (PyObject *)done;
+    return 0;
+}

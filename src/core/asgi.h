@@ -1,0 +1,68 @@
+/* The ASGI 3 bridge: turns streams into `app(scope, receive, send)` calls, stepping the app's
+ * coroutine in an asyncio.Task started eagerly (no event-loop round trip before the app runs). */
+#ifndef PH_ASGI_H
+#define PH_ASGI_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "listener.h"
+#include "stream.h"
+
+typedef struct ph_req_s ph_req_t;
+
+/* Interned strings and constants, created once per module. */
+typedef struct {
+    PyTypeObject *server_type, *req_type, *driver_type, *waiter_type;
+    PyObject *client_disconnected; /* OSError subclass raised by send() after a disconnect */
+    PyObject *cancelled_error;     /* asyncio.CancelledError */
+    PyObject *task_type;           /* asyncio.Task */
+    PyObject *done;                /* the awaitable send() returns when it need not wait */
+    PyObject *empty_bytes;
+    /* keys */
+    PyObject *k_type, *k_asgi, *k_version, *k_spec_version, *k_http_version, *k_method, *k_scheme,
+        *k_path, *k_raw_path, *k_query_string, *k_root_path, *k_headers, *k_client, *k_server,
+        *k_state, *k_extensions, *k_body, *k_more_body, *k_status, *k_trailers;
+    /* values */
+    PyObject *v_http, *v_https, *v_3_0, *v_2_4, *v_1_0, *v_1_1, *v_http_request,
+        *v_http_disconnect, *v_http_response_start, *v_http_response_body;
+    /* methods and attributes */
+    PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
+        *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_context,
+        *s_callback, *s_pop, *s_ready, *s_await, *s_cr_running, *s_cr_frame, *s_cr_await,
+        *s_cr_code, *s_cr_suspended;
+    PyObject *methods[8]; /* GET HEAD POST PUT DELETE PATCH OPTIONS TRACE */
+    PyObject *kw_loop, *kw_loop_eager;
+} ph_state_t;
+
+typedef struct {
+    PyObject_HEAD
+    ph_state_t *st;
+    ph_loop_t loop;
+    ph_server_t server;
+    ph_listener_t *listeners;
+    size_t nlisteners, listeners_open;
+    PyObject *app, *aloop, *state, *root_path, *root_path_bytes;
+    PyObject *ready;      /* the asyncio loop's ready deque, for eager starts on 3.10/3.11 */
+    PyObject *access_log; /* callable(client, method, path, version, status, bytes, seconds) */
+    PyObject *log_exception; /* callable(message, exc) */
+    PyObject *proxy;         /* callable(client_host, x_forwarded_for, x_forwarded_proto) or NULL */
+    PyObject *tick, *on_timer; /* bound methods handed to the asyncio loop */
+    PyObject *timer_handle;
+    uint64_t timer_deadline;
+    PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
+    ph_req_t *reqs;          /* requests whose app has not returned (for shutdown) */
+    size_t nreqs;
+    int started, closed, loop_open;
+} ph_pyserver_t;
+
+/* Registers the bridge's types on the module; 0 or -1 with an exception. */
+int ph_asgi_init_types(PyObject *module, ph_state_t *st);
+
+/* The server's on_stream hook. */
+void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *stream);
+
+/* Cancels the tasks of every request whose app is still running; returns how many. */
+Py_ssize_t ph_asgi_cancel_all(ph_pyserver_t *srv);
+
+#endif

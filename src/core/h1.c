@@ -1,0 +1,963 @@
+#include "h1.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <llhttp.h>
+
+/* Unconsumed pipelined input beyond this pauses reading until the current exchange is done. */
+#define PIPELINE_BUFFER_MAX 65536
+
+enum { EV_NONE, EV_HEADERS, EV_MESSAGE };
+enum { RESP_NONE, RESP_STARTED, RESP_BODY, RESP_DONE };
+
+typedef struct {
+    size_t name_off, name_len, value_off, value_len;
+} hdr_pos_t;
+
+typedef struct {
+    ph_conn_t *conn;
+    ph_server_t *server;
+    llhttp_t parser;
+    ph_defer_t resume; /* parse buffered input outside the caller's stack */
+    ph_stream_t stream;
+
+    /* Request head, copied into a per-connection arena (reused for every request). */
+    char *arena;
+    size_t arena_len, arena_cap;
+    hdr_pos_t *pos;
+    ph_header_t *headers;
+    size_t nheaders, headers_cap;
+    size_t url_len;
+    size_t head_bytes;
+    int last_was_value;
+    int event;
+    int err_status; /* set by a callback that fails the request */
+    const char *err_text;
+
+    /* Request state. */
+    unsigned in_message : 1, headers_done : 1, msg_complete : 1, stream_open : 1, keep_alive : 1,
+        continue_sent : 1, processing : 1, closed : 1, draining : 1, eof_pending : 1;
+    uint64_t body_received;
+
+    /* Response state. */
+    int resp_state;
+    int resp_status;
+    int64_t resp_cl;
+    uint64_t resp_sent;
+    unsigned resp_chunked : 1, resp_no_body : 1, resp_has_conn : 1;
+    char *obuf;
+    size_t olen, ocap;
+} h1_t;
+
+static const ph_conn_proto_t h1_proto;
+static const ph_stream_ops_t h1_ops;
+static llhttp_settings_t settings;
+
+static void process(h1_t *h);
+static void fail(h1_t *h, int status, const char *text);
+
+/* ---- small buffers ---- */
+
+static int reserve(char **buf, size_t *cap, size_t len, size_t more)
+{
+    if (len + more <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 1024;
+    while (ncap < len + more)
+        ncap *= 2;
+    char *nb = realloc(*buf, ncap);
+    if (nb == NULL)
+        return PH_ENOMEM;
+    *buf = nb;
+    *cap = ncap;
+    return 0;
+}
+
+static int arena_add(h1_t *h, const char *p, size_t n, int lower)
+{
+    if (reserve(&h->arena, &h->arena_cap, h->arena_len, n) < 0)
+        return -1;
+    char *d = h->arena + h->arena_len;
+    if (lower) {
+        for (size_t i = 0; i < n; i++) {
+            char c = p[i];
+            d[i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
+        }
+    } else {
+        memcpy(d, p, n);
+    }
+    h->arena_len += n;
+    return 0;
+}
+
+static int out_add(h1_t *h, const char *p, size_t n)
+{
+    if (reserve(&h->obuf, &h->ocap, h->olen, n) < 0)
+        return PH_ENOMEM;
+    memcpy(h->obuf + h->olen, p, n);
+    h->olen += n;
+    return 0;
+}
+
+#define OUT_LIT(h, s) out_add((h), (s), sizeof(s) - 1)
+
+/* ---- llhttp callbacks ---- */
+
+static int cb_message_begin(llhttp_t *p)
+{
+    h1_t *h = p->data;
+    h->in_message = 1;
+    h->headers_done = 0;
+    h->arena_len = 0;
+    h->nheaders = 0;
+    h->url_len = 0;
+    h->head_bytes = 0;
+    h->last_was_value = 1;
+    h->body_received = 0;
+    if (h->server->cfg.timeout_request_header_ms)
+        ph_conn_set_timeout(h->conn, h->server->cfg.timeout_request_header_ms);
+    return 0;
+}
+
+static int user_error(h1_t *h, int status, const char *text)
+{
+    h->err_status = status;
+    h->err_text = text;
+    return HPE_USER;
+}
+
+static int cb_url(llhttp_t *p, const char *at, size_t len)
+{
+    h1_t *h = p->data;
+    h->url_len += len;
+    if (h->url_len > h->server->cfg.limit_request_line)
+        return user_error(h, 414, "Request-target too long");
+    return arena_add(h, at, len, 0) < 0 ? user_error(h, 500, "Out of memory") : 0;
+}
+
+static int cb_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    h1_t *h = p->data;
+    const ph_config_t *cfg = &h->server->cfg;
+    h->head_bytes += len;
+    if (h->head_bytes > cfg->limit_request_header_size)
+        return user_error(h, 431, "Request header fields too large");
+    if (h->headers_done)
+        return 0; /* trailer fields: bounded, then dropped */
+    if (h->last_was_value) {
+        if (h->nheaders >= cfg->limit_request_headers)
+            return user_error(h, 431, "Too many request header fields");
+        if (h->nheaders == h->headers_cap) {
+            size_t ncap = h->headers_cap ? h->headers_cap * 2 : 16;
+            hdr_pos_t *np = realloc(h->pos, ncap * sizeof(*np));
+            if (np == NULL)
+                return user_error(h, 500, "Out of memory");
+            h->pos = np;
+            ph_header_t *nh = realloc(h->headers, ncap * sizeof(*nh));
+            if (nh == NULL)
+                return user_error(h, 500, "Out of memory");
+            h->headers = nh;
+            h->headers_cap = ncap;
+        }
+        hdr_pos_t *hp = &h->pos[h->nheaders++];
+        hp->name_off = h->arena_len;
+        hp->name_len = 0;
+        hp->value_off = 0;
+        hp->value_len = 0;
+        h->last_was_value = 0;
+    }
+    h->pos[h->nheaders - 1].name_len += len;
+    return arena_add(h, at, len, 1) < 0 ? user_error(h, 500, "Out of memory") : 0;
+}
+
+static int cb_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    h1_t *h = p->data;
+    h->head_bytes += len;
+    if (h->head_bytes > h->server->cfg.limit_request_header_size)
+        return user_error(h, 431, "Request header fields too large");
+    /* llhttp tolerates some of these; RFC 9112 §5.5 does not (CR, LF, NUL: smuggling vectors). */
+    if (!ph_is_field_value(at, len))
+        return user_error(h, 400, "Invalid character in header value");
+    if (h->headers_done)
+        return 0;
+    hdr_pos_t *hp = &h->pos[h->nheaders - 1];
+    if (!h->last_was_value) {
+        hp->value_off = h->arena_len;
+        h->last_was_value = 1;
+    }
+    hp->value_len += len;
+    return arena_add(h, at, len, 0) < 0 ? user_error(h, 500, "Out of memory") : 0;
+}
+
+static int cb_header_value_complete(llhttp_t *p)
+{
+    h1_t *h = p->data;
+    if (h->headers_done || h->nheaders == 0)
+        return 0;
+    if (!h->last_was_value) {
+        /* An empty value: no value callback came. */
+        h->pos[h->nheaders - 1].value_off = h->arena_len;
+        h->last_was_value = 1;
+    }
+    return 0;
+}
+
+/* RFC 9112 §6.1: codings must be known, chunked must come last and only once. */
+static int check_transfer_encoding(h1_t *h, ph_slice_t v, int *chunked)
+{
+    const char *p = v.base, *end = v.base + v.len;
+    int last_chunked = 0, seen_chunked = 0;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        const char *s = p;
+        while (p < end && *p != ',' && *p != ';')
+            p++;
+        const char *e = p;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (p < end && *p == ';') /* parameters: not for any coding we know */
+            return user_error(h, 501, "Unsupported transfer coding");
+        if (e == s)
+            continue;
+        if (ph_eq_lower(s, (size_t)(e - s), "chunked", 7)) {
+            if (seen_chunked)
+                return user_error(h, 400, "Transfer-Encoding repeats chunked");
+            seen_chunked = last_chunked = 1;
+        } else {
+            return user_error(h, 501, "Unsupported transfer coding");
+        }
+    }
+    if (!last_chunked)
+        return user_error(h, 400, "Transfer-Encoding does not end in chunked");
+    *chunked = 1;
+    return 0;
+}
+
+static int cb_headers_complete(llhttp_t *p)
+{
+    h1_t *h = p->data;
+    ph_request_t *r = &h->stream.req;
+    h->headers_done = 1;
+    memset(r, 0, sizeof(*r));
+    r->content_length = -1;
+    r->http_major = p->http_major;
+    r->http_minor = p->http_minor;
+    if (p->http_major != 1 || p->http_minor > 1)
+        return user_error(h, 505, "HTTP version not supported");
+    const char *m = llhttp_method_name((llhttp_method_t)p->method);
+    r->method = (ph_slice_t){m, strlen(m)};
+    r->is_head = p->method == HTTP_HEAD;
+    if (p->method == HTTP_CONNECT)
+        return user_error(h, 501, "CONNECT is not supported");
+
+    int hosts = 0, te = 0, cls = 0, chunked = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        hdr_pos_t *hp = &h->pos[i];
+        const char *v = h->arena + hp->value_off;
+        size_t vl = hp->value_len;
+        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            vl--;
+        h->headers[i].name = (ph_slice_t){h->arena + hp->name_off, hp->name_len};
+        h->headers[i].value = (ph_slice_t){v, vl};
+        ph_slice_t n = h->headers[i].name;
+        switch (n.len) {
+        case 4:
+            if (memcmp(n.base, "host", 4) == 0)
+                hosts++;
+            break;
+        case 6:
+            if (memcmp(n.base, "expect", 6) == 0 && ph_eq_lower(v, vl, "100-continue", 12))
+                r->expect_continue = 1;
+            break;
+        case 14:
+            if (memcmp(n.base, "content-length", 14) == 0) {
+                cls++;
+                r->content_length = ph_parse_decimal(v, vl);
+                if (r->content_length < 0)
+                    return user_error(h, 400, "Invalid Content-Length");
+            }
+            break;
+        case 17:
+            if (memcmp(n.base, "transfer-encoding", 17) == 0) {
+                te++;
+                if (check_transfer_encoding(h, h->headers[i].value, &chunked) != 0)
+                    return HPE_USER;
+            }
+            break;
+        }
+    }
+    /* RFC 9112 §3.2: exactly one Host in HTTP/1.1 (and at most one in 1.0). */
+    if (hosts > 1 || (hosts == 0 && p->http_minor == 1))
+        return user_error(h, 400, hosts ? "Duplicate Host header" : "Missing Host header");
+    if (te > 1)
+        return user_error(h, 400, "Multiple Transfer-Encoding headers");
+    if (te && cls)
+        return user_error(h, 400, "Both Transfer-Encoding and Content-Length");
+    if (cls > 1)
+        return user_error(h, 400, "Multiple Content-Length headers");
+    if (te && p->http_minor == 0)
+        return user_error(h, 400, "Transfer-Encoding in an HTTP/1.0 request");
+    r->chunked = chunked;
+    r->headers = h->headers;
+    r->nheaders = h->nheaders;
+
+    /* The target: origin-form, absolute-form (scheme://authority/path) or asterisk-form. */
+    const char *t = h->arena, *tend = h->arena + h->url_len;
+    r->target = (ph_slice_t){t, h->url_len};
+    const char *path = t;
+    if (h->url_len && *t != '/' && *t != '*') {
+        const char *sep = memchr(t, ':', h->url_len);
+        if (sep && sep + 2 < tend && sep[1] == '/' && sep[2] == '/') {
+            const char *slash = memchr(sep + 3, '/', (size_t)(tend - sep - 3));
+            const char *q = memchr(sep + 3, '?', (size_t)(tend - sep - 3));
+            if (slash == NULL || (q && q < slash))
+                path = q ? q : tend; /* no path: "/" is implied */
+            else
+                path = slash;
+        } else {
+            return user_error(h, 400, "Invalid request-target");
+        }
+    }
+    const char *q = memchr(path, '?', (size_t)(tend - path));
+    r->path = (ph_slice_t){path, (size_t)((q ? q : tend) - path)};
+    r->query = q ? (ph_slice_t){q + 1, (size_t)(tend - q - 1)} : (ph_slice_t){tend, 0};
+    h->event = EV_HEADERS;
+    return HPE_PAUSED;
+}
+
+static int cb_body(llhttp_t *p, const char *at, size_t len)
+{
+    h1_t *h = p->data;
+    h->body_received += len;
+    uint64_t limit = h->server->cfg.limit_request_body;
+    if (limit && h->body_received > limit)
+        return user_error(h, 413, "Request body too large");
+    if (h->stream_open && h->stream.handler)
+        h->stream.handler->on_body(&h->stream, at, len);
+    return 0;
+}
+
+static int cb_message_complete(llhttp_t *p)
+{
+    h1_t *h = p->data;
+    h->event = EV_MESSAGE;
+    return HPE_PAUSED;
+}
+
+/* ---- exchange lifecycle ---- */
+
+static void release_stream(h1_t *h)
+{
+    if (!h->stream_open)
+        return;
+    h->stream_open = 0;
+    h->server->nstreams--;
+    if (h->stream.handler)
+        h->stream.handler->on_release(&h->stream);
+    h->stream.handler = NULL;
+    h->stream.user = NULL;
+}
+
+static void disconnect_stream(h1_t *h)
+{
+    if (h->stream_open && h->stream.handler)
+        h->stream.handler->on_disconnect(&h->stream);
+    release_stream(h);
+}
+
+static void close_conn(h1_t *h, int linger)
+{
+    if (h->closed)
+        return;
+    h->closed = 1;
+    disconnect_stream(h);
+    ph_conn_close(h->conn, linger);
+}
+
+/* Both halves of the exchange are done: next request, or close. */
+static void finish_exchange(h1_t *h)
+{
+    release_stream(h);
+    if (!h->keep_alive || h->draining || h->eof_pending) {
+        close_conn(h, 0);
+        return;
+    }
+    h->in_message = 0;
+    h->msg_complete = 0;
+    h->resp_state = RESP_NONE;
+    h->continue_sent = 0;
+    ph_conn_set_timeout(h->conn, h->server->cfg.timeout_keep_alive_ms);
+    ph_conn_resume(h->conn);
+    if (h->conn->rlen > h->conn->rstart) {
+        if (h->processing)
+            return; /* the loop in process() goes on */
+        ph_loop_defer(h->server->loop, &h->resume);
+    }
+}
+
+static void response_done(h1_t *h)
+{
+    h->resp_state = RESP_DONE;
+    if (h->msg_complete) {
+        finish_exchange(h);
+        return;
+    }
+    /* The app answered before reading the whole body. Without the 100 the client may never send
+     * it, and a large unread body is not worth reading: close. Otherwise read on and drop it. */
+    release_stream(h);
+    if (h->stream.req.expect_continue && !h->continue_sent) {
+        close_conn(h, 1);
+        return;
+    }
+    ph_conn_resume(h->conn);
+    if (h->conn->rlen > h->conn->rstart && !h->processing)
+        ph_loop_defer(h->server->loop, &h->resume);
+}
+
+static void on_headers(h1_t *h)
+{
+    ph_conn_set_timeout(h->conn, 0);
+    ph_request_t *r = &h->stream.req;
+    uint64_t limit = h->server->cfg.limit_request_body;
+    if (limit && r->content_length > 0 && (uint64_t)r->content_length > limit) {
+        fail(h, 413, "Request body too large");
+        return;
+    }
+    h->keep_alive = llhttp_should_keep_alive(&h->parser) && !h->draining;
+    h->resp_state = RESP_NONE;
+    h->resp_cl = -1;
+    h->resp_sent = 0;
+    h->resp_chunked = h->resp_no_body = h->resp_has_conn = 0;
+    h->continue_sent = 0;
+    h->stream.ops = &h1_ops;
+    h->stream.handler = NULL;
+    h->stream.user = NULL;
+    h->stream.peer = &h->conn->peer;
+    h->stream.local = &h->conn->local;
+    h->stream.scheme = "http";
+    h->stream_open = 1;
+    h->server->nstreams++;
+    h->server->on_stream(h->server, &h->stream);
+}
+
+static void on_message(h1_t *h)
+{
+    h->msg_complete = 1;
+    if (h->stream_open && h->stream.handler)
+        h->stream.handler->on_body_end(&h->stream);
+    if (h->resp_state == RESP_DONE)
+        finish_exchange(h);
+}
+
+static int parse_error_status(h1_t *h, llhttp_errno_t err, const char **text)
+{
+    switch (err) {
+    case HPE_USER:
+        *text = h->err_text;
+        return h->err_status;
+    case HPE_INVALID_VERSION:
+        *text = "Invalid HTTP version";
+        return 400;
+    case HPE_INVALID_METHOD:
+        *text = "Invalid or unsupported method";
+        return 400;
+    case HPE_INVALID_TRANSFER_ENCODING:
+        *text = "Invalid Transfer-Encoding";
+        return 400;
+    default:
+        *text = llhttp_get_error_reason(&h->parser);
+        return 400;
+    }
+}
+
+/* llhttp accepts only the versions it knows; an HTTP/d.d it does not is a 505, not a 400. */
+static int version_status(h1_t *h, const char *pos)
+{
+    const ph_conn_t *c = h->conn;
+    const char *start = c->rbuf + c->rstart, *end = c->rbuf + c->rlen;
+    if (pos < start || pos > end)
+        return 400;
+    const char *v = pos;
+    while (v > start && v[-1] != ' ' && v[-1] != '\n')
+        v--;
+    if (end - v >= 8 && memcmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
+        v[7] >= '0' && v[7] <= '9' && (end - v == 8 || v[8] == '\r' || v[8] == '\n'))
+        return 505;
+    return 400;
+}
+
+static void process(h1_t *h)
+{
+    if (h->processing || h->closed)
+        return;
+    h->processing = 1;
+    ph_conn_t *c = h->conn;
+    while (!h->closed) {
+        if (h->stream_open && h->msg_complete)
+            break; /* pipelined input waits for the response in flight */
+        size_t avail = c->rlen - c->rstart;
+        if (avail == 0)
+            break;
+        const char *p = c->rbuf + c->rstart;
+        h->event = EV_NONE;
+        llhttp_errno_t err = llhttp_execute(&h->parser, p, avail);
+        if (err == HPE_OK) {
+            ph_conn_consume(c, avail);
+            continue;
+        }
+        const char *pos = llhttp_get_error_pos(&h->parser);
+        size_t used = (pos && pos >= p && pos <= p + avail) ? (size_t)(pos - p) : avail;
+        if (err == HPE_PAUSED) {
+            ph_conn_consume(c, used);
+            llhttp_resume(&h->parser);
+            if (h->event == EV_HEADERS)
+                on_headers(h);
+            else if (h->event == EV_MESSAGE)
+                on_message(h);
+            continue;
+        }
+        if (err == HPE_PAUSED_UPGRADE) {
+            /* No protocol upgrades yet: answer the request, then close. */
+            ph_conn_consume(c, used);
+            llhttp_resume_after_upgrade(&h->parser);
+            h->keep_alive = 0;
+            if (h->event == EV_MESSAGE)
+                on_message(h);
+            break;
+        }
+        const char *text;
+        int status = parse_error_status(h, err, &text);
+        if (err == HPE_INVALID_VERSION)
+            status = version_status(h, pos);
+        else if (err == HPE_INVALID_METHOD && pos && pos >= p) {
+            /* A well-formed token we do not implement is a 501 (RFC 9110 §9.1). */
+            size_t n = 0;
+            while (p + n < p + avail && p[n] != ' ')
+                n++;
+            if (p + n < p + avail && ph_is_token(p, n)) {
+                status = 501;
+                text = "Method not implemented";
+            }
+        }
+        fail(h, status, text);
+        break;
+    }
+    h->processing = 0;
+    if (h->closed)
+        return;
+    if (h->stream_open && h->msg_complete && c->rlen - c->rstart > PIPELINE_BUFFER_MAX)
+        ph_conn_pause(c);
+    if (h->eof_pending && !h->stream_open && !h->in_message)
+        close_conn(h, 0);
+}
+
+/* ---- responses ---- */
+
+static void write_simple(h1_t *h, int status, const char *text)
+{
+    char head[256];
+    size_t tl = text ? strlen(text) : 0;
+    char len[24];
+    size_t ll = ph_u64toa(tl + 1, len);
+    const char *reason = ph_status_reason(status);
+    size_t n = 0;
+    memcpy(head + n, "HTTP/1.1 ", 9);
+    n += 9;
+    n += ph_u64toa((uint64_t)status, head + n);
+    head[n++] = ' ';
+    size_t rl = strlen(reason);
+    memcpy(head + n, reason, rl);
+    n += rl;
+    static const char mid[] = "\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+                              "content-length: ";
+    memcpy(head + n, mid, sizeof(mid) - 1);
+    n += sizeof(mid) - 1;
+    memcpy(head + n, len, ll);
+    n += ll;
+    memcpy(head + n, "\r\n", 2);
+    n += 2;
+    uv_buf_t bufs[4];
+    unsigned nb = 0;
+    bufs[nb++] = uv_buf_init(head, (unsigned)n);
+    const ph_config_t *cfg = &h->server->cfg;
+    if (cfg->server_header)
+        bufs[nb++] = uv_buf_init((char *)"server: pronghorn\r\n", 19);
+    char date[6 + PH_DATE_LEN + 4];
+    if (cfg->date_header) {
+        memcpy(date, "date: ", 6);
+        memcpy(date + 6, ph_date_now(), PH_DATE_LEN);
+        memcpy(date + 6 + PH_DATE_LEN, "\r\n\r\n", 4);
+        bufs[nb++] = uv_buf_init(date, 6 + PH_DATE_LEN + 4);
+    } else {
+        bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
+    }
+    char body[200];
+    size_t bl = tl < sizeof(body) - 1 ? tl : sizeof(body) - 2;
+    if (bl)
+        memcpy(body, text, bl);
+    body[bl] = '\n';
+    bufs[nb++] = uv_buf_init(body, (unsigned)(bl + 1));
+    ph_conn_write(h->conn, bufs, nb);
+}
+
+/* The request failed below the app: answer with status if nothing was sent yet, then close. */
+static void fail(h1_t *h, int status, const char *text)
+{
+    if (h->closed)
+        return;
+    int started = h->resp_state == RESP_BODY;
+    disconnect_stream(h);
+    if (started) {
+        h->closed = 1;
+        ph_conn_abort(h->conn);
+        return;
+    }
+    write_simple(h, status, text ? text : ph_status_reason(status));
+    close_conn(h, 1);
+}
+
+static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
+{
+    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    if (h->closed || !h->stream_open)
+        return PH_ECLOSED;
+    if (h->resp_state != RESP_NONE)
+        return PH_ESTATE;
+    if (status < 100 || status > 999)
+        return PH_EINVAL;
+    const ph_config_t *cfg = &h->server->cfg;
+    int has_server = 0, has_date = 0;
+    h->resp_cl = -1;
+    for (size_t i = 0; i < n; i++) {
+        ph_slice_t nm = hs[i].name, v = hs[i].value;
+        if (!ph_is_token(nm.base, nm.len) || !ph_is_field_value(v.base, v.len))
+            return PH_EINVAL;
+        if (ph_eq_lower(nm.base, nm.len, "content-length", 14)) {
+            int64_t cl = ph_parse_decimal(v.base, v.len);
+            if (cl < 0 || (h->resp_cl >= 0 && cl != h->resp_cl))
+                return PH_EINVAL;
+            h->resp_cl = cl;
+        } else if (ph_eq_lower(nm.base, nm.len, "transfer-encoding", 17)) {
+            if (!ph_eq_lower(v.base, v.len, "chunked", 7))
+                return PH_EINVAL;
+            h->resp_chunked = 1;
+        } else if (ph_eq_lower(nm.base, nm.len, "connection", 10)) {
+            h->resp_has_conn = 1;
+            /* "close" anywhere in the list ends keep-alive. */
+            for (size_t j = 0; j + 5 <= v.len; j++)
+                if (ph_eq_lower(v.base + j, 5, "close", 5))
+                    h->keep_alive = 0;
+        } else if (nm.len == 6 && ph_eq_lower(nm.base, 6, "server", 6)) {
+            has_server = 1;
+        } else if (nm.len == 4 && ph_eq_lower(nm.base, 4, "date", 4)) {
+            has_date = 1;
+        }
+    }
+    if (h->resp_chunked && h->resp_cl >= 0)
+        return PH_EINVAL;
+    h->olen = 0;
+    char line[64];
+    size_t l = 0;
+    memcpy(line, "HTTP/1.1 ", 9);
+    l = 9;
+    l += ph_u64toa((uint64_t)status, line + l);
+    line[l++] = ' ';
+    int rv = out_add(h, line, l);
+    const char *reason = ph_status_reason(status);
+    rv |= out_add(h, reason, strlen(reason));
+    rv |= OUT_LIT(h, "\r\n");
+    for (size_t i = 0; i < n; i++) {
+        /* An app's own Transfer-Encoding is replaced by ours (same value), set at the body. */
+        if (h->resp_chunked && ph_eq_lower(hs[i].name.base, hs[i].name.len, "transfer-encoding", 17))
+            continue;
+        rv |= out_add(h, hs[i].name.base, hs[i].name.len);
+        rv |= OUT_LIT(h, ": ");
+        rv |= out_add(h, hs[i].value.base, hs[i].value.len);
+        rv |= OUT_LIT(h, "\r\n");
+    }
+    if (cfg->server_header && !has_server)
+        rv |= OUT_LIT(h, "server: pronghorn\r\n");
+    if (cfg->date_header && !has_date) {
+        rv |= OUT_LIT(h, "date: ");
+        rv |= out_add(h, ph_date_now(), PH_DATE_LEN);
+        rv |= OUT_LIT(h, "\r\n");
+    }
+    if (cfg->extra_headers.len)
+        rv |= out_add(h, cfg->extra_headers.base, cfg->extra_headers.len);
+    if (rv)
+        return PH_ENOMEM;
+    h->resp_status = status;
+    h->resp_no_body = s->req.is_head || status < 200 || status == 204 || status == 304;
+    if (status < 200)
+        h->keep_alive = 0; /* a 1xx as the final answer leaves the client waiting: close */
+    if (h->draining)
+        h->keep_alive = 0;
+    h->resp_state = RESP_STARTED;
+    return 0;
+}
+
+/* Ends the head: framing and connection headers, then the blank line. */
+static int finish_head(h1_t *h, size_t first_len, int more)
+{
+    int rv = 0;
+    const ph_request_t *r = &h->stream.req;
+    int no_framing = h->resp_status < 200 || h->resp_status == 204;
+    if (h->resp_cl < 0 && !no_framing && !(h->resp_no_body && h->resp_status == 304)) {
+        if (!more && !h->resp_chunked && !r->is_head) {
+            h->resp_cl = (int64_t)first_len; /* the whole body is known: say so */
+        } else if (r->is_head && !more && !h->resp_chunked) {
+            /* HEAD without a declared length: nothing to frame. */
+        } else if (r->http_minor >= 1) {
+            h->resp_chunked = 1;
+        } else {
+            h->keep_alive = 0; /* HTTP/1.0: the close ends the body */
+        }
+        if (h->resp_cl >= 0) {
+            char num[24];
+            size_t nl = ph_u64toa((uint64_t)h->resp_cl, num);
+            rv |= OUT_LIT(h, "content-length: ");
+            rv |= out_add(h, num, nl);
+            rv |= OUT_LIT(h, "\r\n");
+        }
+    }
+    if (h->resp_chunked && !no_framing)
+        rv |= OUT_LIT(h, "transfer-encoding: chunked\r\n");
+    else
+        h->resp_chunked = 0;
+    if (!h->resp_has_conn) {
+        if (!h->keep_alive && r->http_minor >= 1)
+            rv |= OUT_LIT(h, "connection: close\r\n");
+        else if (h->keep_alive && r->http_minor == 0)
+            rv |= OUT_LIT(h, "connection: keep-alive\r\n");
+    }
+    rv |= OUT_LIT(h, "\r\n");
+    return rv ? PH_ENOMEM : 0;
+}
+
+static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
+{
+    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    if (h->closed || !h->stream_open)
+        return PH_ECLOSED;
+    if (h->resp_state != RESP_STARTED && h->resp_state != RESP_BODY)
+        return PH_ESTATE;
+    if (h->resp_no_body)
+        len = 0; /* HEAD, 1xx, 204, 304: the app's bytes are not sent */
+    if (h->resp_cl >= 0 && !h->resp_no_body) {
+        if (h->resp_sent + len > (uint64_t)h->resp_cl)
+            return PH_EINVAL;
+        if (!more && h->resp_sent + len < (uint64_t)h->resp_cl)
+            return PH_EINVAL;
+    }
+    uv_buf_t bufs[4];
+    unsigned nb = 0;
+    if (h->resp_state == RESP_STARTED) {
+        int rv = finish_head(h, len, more);
+        if (rv < 0)
+            return rv;
+        bufs[nb++] = uv_buf_init(h->obuf, (unsigned)h->olen);
+        h->resp_state = RESP_BODY;
+    }
+    char prefix[24];
+    if (len && h->resp_chunked) {
+        static const char hex[] = "0123456789abcdef";
+        char tmp[20];
+        size_t t = 0, v = len;
+        while (v) {
+            tmp[t++] = hex[v & 15];
+            v >>= 4;
+        }
+        size_t pl = 0;
+        while (t)
+            prefix[pl++] = tmp[--t];
+        prefix[pl++] = '\r';
+        prefix[pl++] = '\n';
+        bufs[nb++] = uv_buf_init(prefix, (unsigned)pl);
+    }
+    if (len)
+        bufs[nb++] = uv_buf_init((char *)data, (unsigned)len);
+    if (h->resp_chunked) {
+        if (len && more)
+            bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
+        else if (len && !more)
+            bufs[nb++] = uv_buf_init((char *)"\r\n0\r\n\r\n", 7);
+        else if (!more)
+            bufs[nb++] = uv_buf_init((char *)"0\r\n\r\n", 5);
+    }
+    h->resp_sent += len;
+    int rv = nb ? ph_conn_write(h->conn, bufs, nb) : 0;
+    if (rv < 0) {
+        fail(h, 500, NULL);
+        return PH_ECLOSED;
+    }
+    if (!more)
+        response_done(h);
+    return 0;
+}
+
+static void op_want_body(ph_stream_t *s)
+{
+    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    if (h->closed || !h->stream_open)
+        return;
+    if (s->req.expect_continue && !h->continue_sent && !h->msg_complete &&
+        h->resp_state == RESP_NONE) {
+        h->continue_sent = 1;
+        uv_buf_t b = uv_buf_init((char *)"HTTP/1.1 100 Continue\r\n\r\n", 25);
+        ph_conn_write(h->conn, &b, 1);
+    }
+    ph_conn_resume(h->conn);
+}
+
+static void op_pause_body(ph_stream_t *s)
+{
+    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    if (!h->closed && !h->msg_complete)
+        ph_conn_pause(h->conn);
+}
+
+static void op_abort(ph_stream_t *s)
+{
+    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    if (h->closed)
+        return;
+    release_stream(h);
+    h->closed = 1;
+    ph_conn_abort(h->conn);
+}
+
+static size_t op_queued(ph_stream_t *s)
+{
+    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    return h->closed ? 0 : ph_conn_queued(h->conn);
+}
+
+static const ph_stream_ops_t h1_ops = {
+    .start = op_start,
+    .body = op_body,
+    .want_body = op_want_body,
+    .pause_body = op_pause_body,
+    .abort = op_abort,
+    .queued = op_queued,
+};
+
+/* ---- connection events ---- */
+
+static void on_read(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    if (!h->in_message && !h->stream_open && h->server->cfg.timeout_request_header_ms)
+        ph_conn_set_timeout(conn, h->server->cfg.timeout_request_header_ms);
+    process(h);
+}
+
+static void on_resume(ph_defer_t *d)
+{
+    h1_t *h = (h1_t *)((char *)d - offsetof(h1_t, resume));
+    process(h);
+}
+
+static void on_eof(ph_conn_t *conn, int err)
+{
+    h1_t *h = conn->proto_data;
+    if (err == 0 && !h->stream_open && !h->in_message && conn->rlen > conn->rstart) {
+        /* Complete requests may still wait in the buffer: answer them, then close. */
+        h->eof_pending = 1;
+        process(h);
+        return;
+    }
+    close_conn(h, 0);
+}
+
+static void on_drain(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    if (h->stream_open && h->stream.handler)
+        h->stream.handler->on_drain(&h->stream);
+}
+
+static void on_timeout(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    if (h->stream_open)
+        return; /* the app has the request; no timeout applies to it here */
+    if (h->in_message && !h->headers_done) {
+        write_simple(h, 408, "Request header timeout");
+        close_conn(h, 1);
+        return;
+    }
+    close_conn(h, 0);
+}
+
+static void on_close(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    h->closed = 1;
+    disconnect_stream(h);
+    ph_loop_cancel(h->server->loop, &h->resume);
+}
+
+static void on_free(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    free(h->arena);
+    free(h->pos);
+    free(h->headers);
+    free(h->obuf);
+    free(h);
+}
+
+static void drain(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    h->draining = 1;
+    if (!h->stream_open && !h->in_message)
+        close_conn(h, 0);
+}
+
+static const ph_conn_proto_t h1_proto = {
+    .on_read = on_read,
+    .on_eof = on_eof,
+    .on_drain = on_drain,
+    .on_timeout = on_timeout,
+    .on_close = on_close,
+    .on_free = on_free,
+    .drain = drain,
+};
+
+int ph_h1_attach(ph_conn_t *conn)
+{
+    static int settings_ready;
+    if (!settings_ready) {
+        llhttp_settings_init(&settings);
+        settings.on_message_begin = cb_message_begin;
+        settings.on_url = cb_url;
+        settings.on_header_field = cb_header_field;
+        settings.on_header_value = cb_header_value;
+        settings.on_header_value_complete = cb_header_value_complete;
+        settings.on_headers_complete = cb_headers_complete;
+        settings.on_body = cb_body;
+        settings.on_message_complete = cb_message_complete;
+        settings_ready = 1;
+    }
+    h1_t *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return PH_ENOMEM;
+    h->conn = conn;
+    h->server = conn->server;
+    h->resume.cb = on_resume;
+    llhttp_init(&h->parser, HTTP_REQUEST, &settings);
+    h->parser.data = h;
+    conn->proto = &h1_proto;
+    conn->proto_data = h;
+    uint64_t t = conn->server->cfg.timeout_keep_alive_ms;
+    if (conn->server->cfg.timeout_request_header_ms)
+        t = conn->server->cfg.timeout_request_header_ms;
+    ph_conn_set_timeout(conn, t);
+    if (conn->server->draining)
+        drain(conn);
+    return 0;
+}

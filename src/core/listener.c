@@ -1,0 +1,64 @@
+#include "listener.h"
+
+#include <stdlib.h>
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    ph_listener_t *l = s->data;
+    ph_server_t *server = l->server;
+    if (status < 0 || server->draining)
+        return;
+    ph_conn_t *conn = calloc(1, sizeof(*conn));
+    if (conn == NULL)
+        return;
+    conn->server = server;
+    conn->is_unix = l->is_unix;
+    int rv = l->is_unix ? uv_pipe_init(&server->loop->uv, &conn->h.pipe, 0)
+                        : uv_tcp_init(&server->loop->uv, &conn->h.tcp);
+    if (rv < 0) {
+        free(conn);
+        return;
+    }
+    conn->h.handle.data = conn;
+    if (uv_accept(s, &conn->h.stream) < 0) {
+        uv_close(&conn->h.handle, (uv_close_cb)free);
+        return;
+    }
+    if (!l->is_unix) {
+        int len = sizeof(conn->peer);
+        uv_tcp_getpeername(&conn->h.tcp, (struct sockaddr *)&conn->peer, &len);
+        len = sizeof(conn->local);
+        uv_tcp_getsockname(&conn->h.tcp, (struct sockaddr *)&conn->local, &len);
+    } else {
+        conn->peer.ss_family = AF_UNIX;
+        conn->local.ss_family = AF_UNIX;
+    }
+    if (ph_conn_start(conn) < 0 || server->on_conn(server, conn) < 0)
+        ph_conn_abort(conn);
+}
+
+int ph_listener_start(ph_listener_t *l, ph_server_t *server, int fd, int is_unix, int backlog)
+{
+    l->server = server;
+    l->is_unix = is_unix;
+    l->open = 0;
+    int rv = is_unix ? uv_pipe_init(&server->loop->uv, &l->h.pipe, 0)
+                     : uv_tcp_init(&server->loop->uv, &l->h.tcp);
+    if (rv < 0)
+        return rv;
+    l->h.handle.data = l;
+    l->open = 1;
+    rv = is_unix ? uv_pipe_open(&l->h.pipe, fd) : uv_tcp_open(&l->h.tcp, fd);
+    if (rv < 0)
+        return rv;
+    return uv_listen(&l->h.stream, backlog, on_connection);
+}
+
+void ph_listener_close(ph_listener_t *l, void (*on_closed)(uv_handle_t *))
+{
+    if (!l->open)
+        return;
+    l->open = 0;
+    uv_close(&l->h.handle, on_closed);
+    ph_loop_touch(l->server->loop);
+}

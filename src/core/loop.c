@@ -1,0 +1,130 @@
+#include "loop.h"
+
+#include <stddef.h>
+
+int ph_loop_init(ph_loop_t *loop)
+{
+    loop->in_tick = 0;
+    loop->kick_pending = 0;
+    loop->defer_head = loop->defer_tail = NULL;
+    loop->kick = NULL;
+    loop->host = NULL;
+    return uv_loop_init(&loop->uv);
+}
+
+/* libuv queues watcher changes on loop->watcher_queue and applies them only at its next poll.
+ * The queue head is the first member of that field in every libuv 1.x (void*[2] before 1.45,
+ * struct uv__queue after), so an empty queue points at itself. */
+static int watchers_dirty(uv_loop_t *uv)
+{
+    void **q = (void **)&uv->watcher_queue;
+    return q[0] != (void *)q;
+}
+
+static int needs_run(ph_loop_t *loop)
+{
+    if (!uv_loop_alive(&loop->uv))
+        return 0;
+    return watchers_dirty(&loop->uv) || uv_backend_timeout(&loop->uv) == 0;
+}
+
+static void run_deferred(ph_loop_t *loop)
+{
+    ph_defer_t *d = loop->defer_head;
+    loop->defer_head = loop->defer_tail = NULL;
+    while (d) {
+        ph_defer_t *next = d->next;
+        d->next = NULL;
+        d->queued = 0;
+        d->cb(d);
+        d = next;
+    }
+}
+
+int ph_loop_tick(ph_loop_t *loop)
+{
+    loop->in_tick = 1;
+    loop->kick_pending = 0;
+    /* Bounded: a loop that keeps itself busy is resumed through the host instead of starving
+     * the host's other work. */
+    for (int i = 0; i < 16; i++) {
+        uv_run(&loop->uv, UV_RUN_NOWAIT);
+        if (loop->defer_head)
+            run_deferred(loop);
+        if (!needs_run(loop) && !loop->defer_head)
+            break;
+    }
+    loop->in_tick = 0;
+    if ((needs_run(loop) || loop->defer_head) && loop->kick && !loop->kick_pending) {
+        loop->kick_pending = 1;
+        loop->kick(loop);
+    }
+    if (!uv_loop_alive(&loop->uv))
+        return -1;
+    return uv_backend_timeout(&loop->uv);
+}
+
+void ph_loop_touch(ph_loop_t *loop)
+{
+    if (loop->in_tick || loop->kick_pending || !loop->kick)
+        return;
+    if (!needs_run(loop) && !loop->defer_head)
+        return;
+    loop->kick_pending = 1;
+    loop->kick(loop);
+}
+
+void ph_loop_defer(ph_loop_t *loop, ph_defer_t *d)
+{
+    if (d->queued)
+        return;
+    d->queued = 1;
+    d->next = NULL;
+    if (loop->defer_tail)
+        loop->defer_tail->next = d;
+    else
+        loop->defer_head = d;
+    loop->defer_tail = d;
+    if (!loop->in_tick && !loop->kick_pending && loop->kick) {
+        loop->kick_pending = 1;
+        loop->kick(loop);
+    }
+}
+
+void ph_loop_cancel(ph_loop_t *loop, ph_defer_t *d)
+{
+    if (!d->queued)
+        return;
+    ph_defer_t **pp = &loop->defer_head, *prev = NULL;
+    while (*pp) {
+        if (*pp == d) {
+            *pp = d->next;
+            if (loop->defer_tail == d)
+                loop->defer_tail = prev;
+            break;
+        }
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    d->queued = 0;
+    d->next = NULL;
+}
+
+int ph_loop_fd(ph_loop_t *loop)
+{
+    return uv_backend_fd(&loop->uv);
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int ph_loop_close(ph_loop_t *loop)
+{
+    uv_walk(&loop->uv, close_walk, NULL);
+    uv_run(&loop->uv, UV_RUN_DEFAULT);
+    return uv_loop_close(&loop->uv);
+}

@@ -1,0 +1,589 @@
+/* pronghorn._core: the Server type that runs the libuv reactor on an asyncio loop's thread. */
+#include "asgi.h"
+#include "h1.h"
+
+#include <string.h>
+
+/* ---- reactor <-> asyncio ---- */
+
+static void kick(ph_loop_t *loop)
+{
+    ph_pyserver_t *srv = loop->host;
+    if (srv->closed)
+        return;
+    PyObject *r = PyObject_CallMethodOneArg(srv->aloop, srv->st->s_call_soon, srv->tick);
+    if (r == NULL)
+        PyErr_WriteUnraisable(srv->aloop);
+    Py_XDECREF(r);
+}
+
+/* Keeps one asyncio timer at (or before) libuv's next timer. A timer that fires early only
+ * costs a tick; moving it later is never needed, so keep-alive resets cost nothing here. */
+static void schedule_timer(ph_pyserver_t *srv, int ms)
+{
+    if (ms < 0 || srv->closed)
+        return;
+    if (ms == 0) {
+        if (!srv->loop.kick_pending) {
+            srv->loop.kick_pending = 1;
+            kick(&srv->loop);
+        }
+        return;
+    }
+    uint64_t deadline = uv_now(&srv->loop.uv) + (uint64_t)ms;
+    if (srv->timer_handle && deadline >= srv->timer_deadline)
+        return;
+    if (srv->timer_handle) {
+        PyObject *r = PyObject_CallMethodNoArgs(srv->timer_handle, srv->st->s_cancel);
+        Py_XDECREF(r);
+        Py_CLEAR(srv->timer_handle);
+    }
+    PyObject *delay = PyFloat_FromDouble(ms / 1000.0);
+    if (delay == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        return;
+    }
+    PyObject *args[3] = {srv->aloop, delay, srv->on_timer};
+    srv->timer_handle = PyObject_VectorcallMethod(srv->st->s_call_later, args,
+                                                  3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(delay);
+    if (srv->timer_handle == NULL)
+        PyErr_WriteUnraisable(srv->aloop);
+    srv->timer_deadline = deadline;
+}
+
+static PyObject *server_tick(ph_pyserver_t *srv, PyObject *unused)
+{
+    (void)unused;
+    if (srv->closed)
+        Py_RETURN_NONE;
+    int ms = ph_loop_tick(&srv->loop);
+    schedule_timer(srv, ms);
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_on_timer(ph_pyserver_t *srv, PyObject *unused)
+{
+    Py_CLEAR(srv->timer_handle);
+    srv->timer_deadline = 0;
+    return server_tick(srv, unused);
+}
+
+/* ---- construction ---- */
+
+static int opt_double(PyObject *opts, const char *key, double dflt, double *out)
+{
+    PyObject *v = PyDict_GetItemString(opts, key);
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    *out = PyFloat_AsDouble(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int opt_size(PyObject *opts, const char *key, size_t dflt, size_t *out)
+{
+    PyObject *v = PyDict_GetItemString(opts, key);
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(v);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = (size_t)n;
+    return 0;
+}
+
+static PyObject *opt_obj(PyObject *opts, const char *key)
+{
+    PyObject *v = PyDict_GetItemString(opts, key);
+    return (v == NULL || v == Py_None) ? NULL : Py_NewRef(v);
+}
+
+static int on_conn(ph_server_t *server, ph_conn_t *conn)
+{
+    (void)server;
+    return ph_h1_attach(conn);
+}
+
+static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"app", "loop", "state", "options", NULL};
+    PyObject *app, *aloop, *state, *opts;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!", kwlist, &app, &aloop, &state,
+                                     &PyDict_Type, &opts))
+        return NULL;
+    ph_pyserver_t *srv = (ph_pyserver_t *)type->tp_alloc(type, 0);
+    if (srv == NULL)
+        return NULL;
+    srv->st = PyType_GetModuleState(type);
+    srv->app = Py_NewRef(app);
+    srv->aloop = Py_NewRef(aloop);
+    srv->state = state == Py_None ? NULL : Py_NewRef(state);
+
+    ph_config_t *cfg = &srv->server.cfg;
+    double ka, hdr, wr;
+    size_t line, nhdr, hdrsize, body, conc, hw;
+    int sh, dh;
+    if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
+        opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
+        opt_double(opts, "timeout_write", 60.0, &wr) < 0 ||
+        opt_size(opts, "limit_request_line", 8190, &line) < 0 ||
+        opt_size(opts, "limit_request_headers", 100, &nhdr) < 0 ||
+        opt_size(opts, "limit_request_header_size", 65536, &hdrsize) < 0 ||
+        opt_size(opts, "limit_request_body", 0, &body) < 0 ||
+        opt_size(opts, "limit_concurrency", 0, &conc) < 0 ||
+        opt_size(opts, "write_high_water", 65536, &hw) < 0)
+        goto fail;
+    PyObject *v = PyDict_GetItemString(opts, "server_header");
+    sh = v ? PyObject_IsTrue(v) : 1;
+    v = PyDict_GetItemString(opts, "date_header");
+    dh = v ? PyObject_IsTrue(v) : 1;
+    if (sh < 0 || dh < 0)
+        goto fail;
+    cfg->timeout_keep_alive_ms = (uint64_t)(ka * 1000);
+    cfg->timeout_request_header_ms = (uint64_t)(hdr * 1000);
+    cfg->timeout_write_ms = (uint64_t)(wr * 1000);
+    cfg->limit_request_line = line;
+    cfg->limit_request_headers = nhdr;
+    cfg->limit_request_header_size = hdrsize;
+    cfg->limit_request_body = body;
+    cfg->limit_concurrency = conc;
+    cfg->server_header = sh;
+    cfg->date_header = dh;
+    cfg->write_high_water = hw;
+    srv->extra_headers = opt_obj(opts, "extra_headers");
+    if (srv->extra_headers) {
+        if (!PyBytes_Check(srv->extra_headers)) {
+            PyErr_SetString(PyExc_TypeError, "extra_headers must be bytes");
+            goto fail;
+        }
+        cfg->extra_headers = (ph_slice_t){PyBytes_AS_STRING(srv->extra_headers),
+                                          (size_t)PyBytes_GET_SIZE(srv->extra_headers)};
+    }
+    srv->root_path = opt_obj(opts, "root_path");
+    if (srv->root_path == NULL)
+        srv->root_path = PyUnicode_FromString("");
+    if (srv->root_path == NULL || !PyUnicode_Check(srv->root_path))
+        goto fail;
+    srv->root_path_bytes = PyUnicode_AsUTF8String(srv->root_path);
+    if (srv->root_path_bytes == NULL)
+        goto fail;
+    srv->access_log = opt_obj(opts, "access_log");
+    srv->log_exception = opt_obj(opts, "log_exception");
+    srv->proxy = opt_obj(opts, "proxy");
+    if (srv->log_exception == NULL) {
+        PyErr_SetString(PyExc_TypeError, "options need a log_exception callable");
+        goto fail;
+    }
+
+#if PY_VERSION_HEX < 0x030C0000
+    /* asyncio's own loop keeps its ready queue in _ready; other loops get plain scheduling. */
+    PyObject *ready = PyObject_GetAttr(aloop, srv->st->s_ready);
+    if (ready) {
+        PyObject *collections = PyImport_ImportModule("collections");
+        PyObject *deque = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
+        if (deque && PyObject_TypeCheck(ready, (PyTypeObject *)deque))
+            srv->ready = Py_NewRef(ready);
+        Py_XDECREF(deque);
+        Py_XDECREF(collections);
+        Py_DECREF(ready);
+    }
+    PyErr_Clear();
+#endif
+    int rv = ph_loop_init(&srv->loop);
+    if (rv < 0) {
+        PyErr_Format(PyExc_OSError, "uv_loop_init: %s", uv_strerror(rv));
+        goto fail;
+    }
+    srv->loop_open = 1;
+    srv->loop.host = srv;
+    srv->loop.kick = kick;
+    srv->server.loop = &srv->loop;
+    srv->server.host = srv;
+    srv->server.on_conn = on_conn;
+    srv->server.on_stream = ph_asgi_on_stream;
+    srv->started = 0;
+    return (PyObject *)srv;
+fail:
+    Py_DECREF(srv);
+    return NULL;
+}
+
+static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
+{
+    Py_VISIT(srv->app);
+    Py_VISIT(srv->aloop);
+    Py_VISIT(srv->state);
+    Py_VISIT(srv->access_log);
+    Py_VISIT(srv->log_exception);
+    Py_VISIT(srv->proxy);
+    Py_VISIT(srv->tick);
+    Py_VISIT(srv->on_timer);
+    Py_VISIT(srv->timer_handle);
+    Py_VISIT(srv->ready);
+    Py_VISIT(Py_TYPE(srv));
+    return 0;
+}
+
+static int server_clear(ph_pyserver_t *srv)
+{
+    Py_CLEAR(srv->app);
+    Py_CLEAR(srv->aloop);
+    Py_CLEAR(srv->state);
+    Py_CLEAR(srv->access_log);
+    Py_CLEAR(srv->log_exception);
+    Py_CLEAR(srv->proxy);
+    Py_CLEAR(srv->tick);
+    Py_CLEAR(srv->on_timer);
+    Py_CLEAR(srv->timer_handle);
+    Py_CLEAR(srv->ready);
+    return 0;
+}
+
+static void close_loop(ph_pyserver_t *srv)
+{
+    srv->closed = 1;
+    if (!srv->loop_open)
+        return;
+    srv->loop_open = 0;
+    for (ph_conn_t *c = srv->server.conns; c;) {
+        ph_conn_t *next = c->next;
+        ph_conn_abort(c);
+        c = next;
+    }
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        ph_listener_close(&srv->listeners[i], NULL);
+    ph_loop_close(&srv->loop);
+}
+
+static void server_dealloc(ph_pyserver_t *srv)
+{
+    PyTypeObject *tp = Py_TYPE(srv);
+    PyObject_GC_UnTrack(srv);
+    close_loop(srv);
+    PyMem_Free(srv->listeners);
+    server_clear(srv);
+    Py_CLEAR(srv->root_path);
+    Py_CLEAR(srv->root_path_bytes);
+    Py_CLEAR(srv->extra_headers);
+    tp->tp_free(srv);
+    Py_DECREF(tp);
+}
+
+/* ---- methods ---- */
+
+static PyObject *server_listen(ph_pyserver_t *srv, PyObject *args)
+{
+    int fd, is_unix, backlog;
+    if (!PyArg_ParseTuple(args, "ipi", &fd, &is_unix, &backlog))
+        return NULL;
+    if (srv->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "server is closed");
+        return NULL;
+    }
+    /* libuv holds the listeners' handles by address: the array is final before start(). */
+    if (srv->started) {
+        PyErr_SetString(PyExc_RuntimeError, "listen() must come before start()");
+        return NULL;
+    }
+    ph_listener_t *ls = PyMem_Realloc(srv->listeners, sizeof(*ls) * (srv->nlisteners + 1));
+    if (ls == NULL)
+        return PyErr_NoMemory();
+    srv->listeners = ls;
+    ph_listener_t *l = &srv->listeners[srv->nlisteners++];
+    memset(l, 0, sizeof(*l));
+    l->fd = fd;
+    l->is_unix = is_unix;
+    l->backlog = backlog;
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_start(ph_pyserver_t *srv, PyObject *unused)
+{
+    (void)unused;
+    if (srv->started) {
+        PyErr_SetString(PyExc_RuntimeError, "server already started");
+        return NULL;
+    }
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        ph_listener_t *l = &srv->listeners[i];
+        int rv = ph_listener_start(l, &srv->server, l->fd, l->is_unix, l->backlog);
+        if (rv < 0) {
+            PyErr_Format(PyExc_OSError, "cannot listen on fd %d: %s", l->fd, uv_strerror(rv));
+            return NULL;
+        }
+        srv->listeners_open++;
+    }
+    srv->tick = PyObject_GetAttrString((PyObject *)srv, "_tick");
+    srv->on_timer = PyObject_GetAttrString((PyObject *)srv, "_on_timer");
+    if (srv->tick == NULL || srv->on_timer == NULL)
+        return NULL;
+    PyObject *fd = PyLong_FromLong(ph_loop_fd(&srv->loop));
+    if (fd == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodObjArgs(srv->aloop, srv->st->s_add_reader, fd, srv->tick, NULL);
+    Py_DECREF(fd);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    srv->started = 1;
+    /* The listen watchers only reach epoll in a first run. */
+    return server_tick(srv, NULL);
+}
+
+static PyObject *server_shutdown(ph_pyserver_t *srv, PyObject *unused)
+{
+    (void)unused;
+    if (srv->closed)
+        Py_RETURN_NONE;
+    srv->server.draining = 1;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        ph_listener_close(&srv->listeners[i], NULL);
+    for (ph_conn_t *c = srv->server.conns; c;) {
+        ph_conn_t *next = c->next;
+        if (c->proto && c->proto->drain)
+            c->proto->drain(c);
+        c = next;
+    }
+    ph_loop_touch(&srv->loop);
+    return server_tick(srv, NULL);
+}
+
+static PyObject *server_cancel_all(ph_pyserver_t *srv, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromSsize_t(ph_asgi_cancel_all(srv));
+}
+
+static PyObject *server_abort_all(ph_pyserver_t *srv, PyObject *unused)
+{
+    (void)unused;
+    if (srv->closed)
+        Py_RETURN_NONE;
+    for (ph_conn_t *c = srv->server.conns; c;) {
+        ph_conn_t *next = c->next;
+        ph_conn_abort(c);
+        c = next;
+    }
+    return server_tick(srv, NULL);
+}
+
+static PyObject *server_close(ph_pyserver_t *srv, PyObject *unused)
+{
+    (void)unused;
+    if (srv->closed)
+        Py_RETURN_NONE;
+    if (srv->started) {
+        PyObject *fd = PyLong_FromLong(ph_loop_fd(&srv->loop));
+        PyObject *r = fd ? PyObject_CallMethodOneArg(srv->aloop, srv->st->s_remove_reader, fd) : NULL;
+        Py_XDECREF(fd);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    if (srv->timer_handle) {
+        PyObject *r = PyObject_CallMethodNoArgs(srv->timer_handle, srv->st->s_cancel);
+        Py_XDECREF(r);
+        Py_CLEAR(srv->timer_handle);
+    }
+    close_loop(srv);
+    Py_CLEAR(srv->tick);
+    Py_CLEAR(srv->on_timer);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_connections(ph_pyserver_t *srv, void *c)
+{
+    (void)c;
+    return PyLong_FromSize_t(srv->closed ? 0 : srv->server.nconns);
+}
+
+static PyObject *get_requests(ph_pyserver_t *srv, void *c)
+{
+    (void)c;
+    return PyLong_FromSize_t(srv->nreqs);
+}
+
+static PyObject *get_streams(ph_pyserver_t *srv, void *c)
+{
+    (void)c;
+    return PyLong_FromSize_t(srv->server.nstreams);
+}
+
+static PyMethodDef server_methods[] = {
+    {"listen", (PyCFunction)server_listen, METH_VARARGS,
+     "listen(fd, is_unix, backlog): serve on a bound socket (the server takes the fd)."},
+    {"start", (PyCFunction)server_start, METH_NOARGS, "Start accepting on the asyncio loop."},
+    {"shutdown", (PyCFunction)server_shutdown, METH_NOARGS,
+     "Stop accepting; close idle connections, the rest after their response."},
+    {"cancel_all", (PyCFunction)server_cancel_all, METH_NOARGS,
+     "Cancel the tasks of requests still running; returns how many."},
+    {"abort_all", (PyCFunction)server_abort_all, METH_NOARGS, "Close every connection now."},
+    {"close", (PyCFunction)server_close, METH_NOARGS, "Release the reactor."},
+    {"_tick", (PyCFunction)server_tick, METH_NOARGS, NULL},
+    {"_on_timer", (PyCFunction)server_on_timer, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef server_getset[] = {
+    {"connections", (getter)get_connections, NULL, "open connections", NULL},
+    {"requests", (getter)get_requests, NULL, "requests whose app is running", NULL},
+    {"streams", (getter)get_streams, NULL, "exchanges in flight", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot server_slots[] = {
+    {Py_tp_new, server_new},
+    {Py_tp_dealloc, server_dealloc},
+    {Py_tp_traverse, server_traverse},
+    {Py_tp_clear, server_clear},
+    {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset},
+    {0, NULL},
+};
+
+static PyType_Spec server_spec = {
+    .name = "pronghorn._core.Server",
+    .basicsize = sizeof(ph_pyserver_t),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = server_slots,
+};
+
+/* ---- module ---- */
+
+#define INTERN(field, text)                                                                        \
+    do {                                                                                           \
+        if ((st->field = PyUnicode_InternFromString(text)) == NULL)                                \
+            return -1;                                                                             \
+    } while (0)
+
+static int module_exec(PyObject *m)
+{
+    ph_state_t *st = PyModule_GetState(m);
+    INTERN(k_type, "type");
+    INTERN(k_asgi, "asgi");
+    INTERN(k_version, "version");
+    INTERN(k_spec_version, "spec_version");
+    INTERN(k_http_version, "http_version");
+    INTERN(k_method, "method");
+    INTERN(k_scheme, "scheme");
+    INTERN(k_path, "path");
+    INTERN(k_raw_path, "raw_path");
+    INTERN(k_query_string, "query_string");
+    INTERN(k_root_path, "root_path");
+    INTERN(k_headers, "headers");
+    INTERN(k_client, "client");
+    INTERN(k_server, "server");
+    INTERN(k_state, "state");
+    INTERN(k_extensions, "extensions");
+    INTERN(k_body, "body");
+    INTERN(k_more_body, "more_body");
+    INTERN(k_status, "status");
+    INTERN(k_trailers, "trailers");
+    INTERN(v_http, "http");
+    INTERN(v_https, "https");
+    INTERN(v_3_0, "3.0");
+    INTERN(v_2_4, "2.4");
+    INTERN(v_1_0, "1.0");
+    INTERN(v_1_1, "1.1");
+    INTERN(v_http_request, "http.request");
+    INTERN(v_http_disconnect, "http.disconnect");
+    INTERN(v_http_response_start, "http.response.start");
+    INTERN(v_http_response_body, "http.response.body");
+    INTERN(s_create_future, "create_future");
+    INTERN(s_set_result, "set_result");
+    INTERN(s_done, "done");
+    INTERN(s_cancel, "cancel");
+    INTERN(s_call_soon, "call_soon");
+    INTERN(s_call_later, "call_later");
+    INTERN(s_add_reader, "add_reader");
+    INTERN(s_remove_reader, "remove_reader");
+    INTERN(s_throw, "throw");
+    INTERN(s_close, "close");
+    INTERN(s_loop, "loop");
+    INTERN(s_eager_start, "eager_start");
+    INTERN(s_context, "_context");
+    INTERN(s_callback, "_callback");
+    INTERN(s_pop, "pop");
+    INTERN(s_ready, "_ready");
+    INTERN(s_await, "__await__");
+    static const char *const methods[8] = {"GET",    "HEAD",  "POST",    "PUT",
+                                           "DELETE", "PATCH", "OPTIONS", "TRACE"};
+    for (int i = 0; i < 8; i++)
+        INTERN(methods[i], methods[i]);
+    st->kw_loop = Py_BuildValue("(O)", st->s_loop);
+    st->kw_loop_eager = Py_BuildValue("(OO)", st->s_loop, st->s_eager_start);
+    st->empty_bytes = PyBytes_FromStringAndSize("", 0);
+    if (!st->kw_loop || !st->kw_loop_eager || !st->empty_bytes)
+        return -1;
+
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+        return -1;
+    st->task_type = PyObject_GetAttrString(asyncio, "Task");
+    st->cancelled_error = PyObject_GetAttrString(asyncio, "CancelledError");
+    Py_DECREF(asyncio);
+    if (!st->task_type || !st->cancelled_error)
+        return -1;
+
+    st->client_disconnected = PyErr_NewExceptionWithDoc(
+        "pronghorn._core.ClientDisconnected",
+        "Raised by send() when the client has gone; an OSError, as ASGI asks.", PyExc_OSError,
+        NULL);
+    if (st->client_disconnected == NULL ||
+        PyModule_AddObjectRef(m, "ClientDisconnected", st->client_disconnected) < 0)
+        return -1;
+    st->server_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &server_spec, NULL);
+    if (st->server_type == NULL || PyModule_AddType(m, st->server_type) < 0)
+        return -1;
+    if (ph_asgi_init_types(m, st) < 0)
+        return -1;
+    return PyModule_AddStringConstant(m, "libuv_version", uv_version_string());
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    ph_state_t *st = PyModule_GetState(m);
+    Py_VISIT(st->server_type);
+    Py_VISIT(st->req_type);
+    Py_VISIT(st->driver_type);
+    Py_VISIT(st->waiter_type);
+    Py_VISIT(st->client_disconnected);
+    Py_VISIT(st->done);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    ph_state_t *st = PyModule_GetState(m);
+    Py_CLEAR(st->server_type);
+    Py_CLEAR(st->req_type);
+    Py_CLEAR(st->driver_type);
+    Py_CLEAR(st->waiter_type);
+    Py_CLEAR(st->client_disconnected);
+    Py_CLEAR(st->done);
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pronghorn._core",
+    .m_doc = "pronghorn's C core: libuv reactor, HTTP/1.1 (llhttp) and the ASGI bridge.",
+    .m_size = sizeof(ph_state_t),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -1,0 +1,65 @@
+/* The seam between protocols and bridges: one request/response exchange. A protocol (h1, h2)
+ * fills in the request head and the ops; a bridge (asgi) sets the handler and drives the ops.
+ * Neither knows which one is on the other side. */
+#ifndef PH_STREAM_H
+#define PH_STREAM_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "util.h"
+
+typedef struct ph_stream_s ph_stream_t;
+
+typedef struct {
+    ph_slice_t method;
+    ph_slice_t target; /* the request-target as received */
+    ph_slice_t path;   /* its path part (scheme and authority of an absolute-form target removed) */
+    ph_slice_t query;  /* after '?', without it */
+    int http_major, http_minor;
+    ph_header_t *headers; /* names lower-cased; order kept */
+    size_t nheaders;
+    int64_t content_length; /* -1 when absent */
+    unsigned chunked : 1, expect_continue : 1, is_head : 1;
+} ph_request_t;
+
+/* What a bridge may ask of the protocol. Every op returns 0 or a negative PH_E* / libuv error;
+ * after the stream is disconnected they return PH_ECLOSED. */
+typedef struct {
+    /* Response status and the app's headers (names and values are validated: PH_EINVAL). Nothing
+     * is sent yet: the head leaves with the first body bytes, in the same write. */
+    int (*start)(ph_stream_t *s, int status, const ph_header_t *headers, size_t n);
+    /* Response body; more=0 ends the response. PH_EINVAL when the body runs past, or ends short
+     * of, the Content-Length the app declared. */
+    int (*body)(ph_stream_t *s, const char *data, size_t len, int more);
+    /* The bridge wants (more of) the request body: read on, sending 100 Continue if expected. */
+    void (*want_body)(ph_stream_t *s);
+    /* The bridge holds enough unconsumed body: stop reading for now. */
+    void (*pause_body)(ph_stream_t *s);
+    /* Give up on the exchange (app failure after the response started): the peer must not take
+     * what it got for a complete response. */
+    void (*abort)(ph_stream_t *s);
+    /* Response bytes accepted but not yet sent to the peer. */
+    size_t (*queued)(ph_stream_t *s);
+} ph_stream_ops_t;
+
+/* What the protocol tells the bridge. */
+typedef struct {
+    void (*on_body)(ph_stream_t *s, const char *data, size_t len); /* bytes valid for the call */
+    void (*on_body_end)(ph_stream_t *s);
+    void (*on_drain)(ph_stream_t *s); /* queued() fell below the high-water mark */
+    void (*on_disconnect)(ph_stream_t *s); /* the peer left or broke the protocol */
+    /* Last call: the protocol forgets the stream; the bridge must not touch it again. */
+    void (*on_release)(ph_stream_t *s);
+} ph_stream_handler_t;
+
+struct ph_stream_s {
+    const ph_stream_ops_t *ops;
+    const ph_stream_handler_t *handler; /* set by the bridge when it takes the stream */
+    void *user;                         /* the bridge's per-request object */
+    ph_request_t req;
+    const struct sockaddr_storage *peer, *local;
+    const char *scheme; /* "http" or "https" */
+};
+
+#endif

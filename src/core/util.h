@@ -1,0 +1,58 @@
+/* Small shared pieces of the plain-C core: slices, error codes, header helpers, the Date cache. */
+#ifndef PH_UTIL_H
+#define PH_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Errors are negative: libuv's own (UV_E*, negative errno) or these. */
+#define PH_EPROTO (-10001)   /* the peer broke the protocol */
+#define PH_ELIMIT (-10002)   /* a configured limit was exceeded */
+#define PH_ESTATE (-10003)   /* call not allowed in the stream's current state */
+#define PH_EINVAL (-10004)   /* invalid argument (e.g. a header the app gave) */
+#define PH_ECLOSED (-10005)  /* the peer has gone */
+#define PH_ENOMEM (-10006)
+
+/* A byte range that is not NUL-terminated. */
+typedef struct {
+    const char *base;
+    size_t len;
+} ph_slice_t;
+
+typedef struct {
+    ph_slice_t name;
+    ph_slice_t value;
+} ph_header_t;
+
+#define PH_SLICE_LIT(s) ((ph_slice_t){(s), sizeof(s) - 1})
+
+/* 1 if [p, p+n) is a non-empty RFC 9110 token (tchar+). */
+int ph_is_token(const char *p, size_t n);
+
+/* 1 if [p, p+n) is a valid field value: no CR, LF, NUL or other controls but HTAB. */
+int ph_is_field_value(const char *p, size_t n);
+
+/* ASCII case-insensitive equality of a slice with a lower-case literal. */
+int ph_eq_lower(const char *p, size_t n, const char *lower, size_t lower_len);
+
+/* Writes the decimal form of v at dst (room for 20 bytes); returns its length. */
+size_t ph_u64toa(uint64_t v, char *dst);
+
+/* Parses a non-empty run of decimal digits; -1 on anything else or overflow past INT64_MAX. */
+int64_t ph_parse_decimal(const char *p, size_t n);
+
+/* The IMF-fixdate for now, rebuilt at most once a second: 29 bytes, not NUL-terminated. */
+const char *ph_date_now(void);
+#define PH_DATE_LEN 29
+
+/* Reason phrase for a status code ("" when unknown). */
+const char *ph_status_reason(int status);
+
+/* Percent-decodes [src, src+n) into dst (room for n bytes); returns the decoded length. */
+size_t ph_percent_decode(const char *src, size_t n, char *dst);
+
+/* Monotonic seconds, for durations. */
+double ph_monotonic(void);
+
+#endif

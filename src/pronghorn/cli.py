@@ -1,0 +1,316 @@
+"""``pronghorn [OPTIONS] APP``: flags and ``PRONGHORN_*`` env vars into one Config.
+
+A flag given on the command line beats its env var, which beats the Config default. Values are
+passed to Config as strings, so the command line, env vars and ``pronghorn.run()`` share one
+set of checks and messages. Nothing here imports the server or the C extension until a config
+is valid, so ``--help``, ``--version`` and usage errors work before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from pronghorn import __version__
+from pronghorn.config import (
+    LIFESPAN_MODES,
+    LOG_LEVELS,
+    LOOP_CHOICES,
+    Config,
+    ConfigError,
+    flag_name,
+)
+
+ENV_PREFIX = "PRONGHORN_"
+
+
+class Option(NamedTuple):
+    flag: str  # "--timeout-keep-alive"
+    field: str  # Config field it sets
+    kind: str  # "value" | "choice" | "bool" (--x/--no-x) | "flag" (store_true) | "append"
+    group: str
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").replace("-", "_").upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", "host", "value", "binding", "address to bind", "ADDR"),
+    Option("--port", "port", "value", "binding", "TCP port to bind (0 = any free port)", "PORT"),
+    Option("--uds", "uds", "value", "binding", "bind a unix domain socket at PATH instead", "PATH"),
+    Option("--fd", "fd", "value", "binding", "serve an already-listening socket fd instead", "FD"),
+    Option("--backlog", "backlog", "value", "binding", "listen() backlog", "N"),
+    Option("--app-dir", "app_dir", "value", "app", "directory put first on sys.path", "DIR"),
+    Option("--factory", "factory", "flag", "app", "APP is a factory: call it with no arguments"),
+    Option("--root-path", "root_path", "value", "app", "ASGI root_path (mount prefix)", "PATH"),
+    Option(
+        "--lifespan", "lifespan", "choice", "app", "ASGI lifespan protocol", None, LIFESPAN_MODES
+    ),
+    Option("--loop", "loop", "choice", "app", "event loop", None, LOOP_CHOICES),
+    Option(
+        "--timeout-keep-alive",
+        "timeout_keep_alive",
+        "value",
+        "timeouts",
+        "close an idle keep-alive connection after SECONDS",
+        "SECONDS",
+    ),
+    Option(
+        "--timeout-request-header",
+        "timeout_request_header",
+        "value",
+        "timeouts",
+        "close a connection whose request head takes longer than SECONDS",
+        "SECONDS",
+    ),
+    Option(
+        "--timeout-graceful-shutdown",
+        "timeout_graceful_shutdown",
+        "value",
+        "timeouts",
+        "on shutdown, wait this long for in-flight requests ('none' = forever)",
+        "SECONDS",
+    ),
+    Option(
+        "--limit-concurrency",
+        "limit_concurrency",
+        "value",
+        "limits",
+        "answer 503 beyond N concurrent requests (0 = unlimited)",
+        "N",
+    ),
+    Option(
+        "--limit-request-line",
+        "limit_request_line",
+        "value",
+        "limits",
+        "max bytes of the request line / target (414 beyond)",
+        "BYTES",
+    ),
+    Option(
+        "--limit-request-headers",
+        "limit_request_headers",
+        "value",
+        "limits",
+        "max number of request headers (431 beyond)",
+        "N",
+    ),
+    Option(
+        "--limit-request-header-size",
+        "limit_request_header_size",
+        "value",
+        "limits",
+        "max total bytes of header names and values (431 beyond)",
+        "BYTES",
+    ),
+    Option(
+        "--limit-request-body",
+        "limit_request_body",
+        "value",
+        "limits",
+        "max bytes of a request body (413 beyond; 0 = unlimited)",
+        "BYTES",
+    ),
+    Option(
+        "--header",
+        "headers",
+        "append",
+        "headers",
+        "extra response header; repeatable (env: comma- or newline-separated)",
+        "NAME:VALUE",
+    ),
+    Option("--server-header", "server_header", "bool", "headers", "send a Server header"),
+    Option("--date-header", "date_header", "bool", "headers", "send a Date header"),
+    Option(
+        "--proxy-headers",
+        "proxy_headers",
+        "bool",
+        "proxy",
+        "take client address and scheme from X-Forwarded-For/-Proto of trusted proxies",
+    ),
+    Option(
+        "--forwarded-allow-ips",
+        "forwarded_allow_ips",
+        "value",
+        "proxy",
+        "comma-separated proxy IPs or CIDR networks to trust ('*' = all)",
+        "IPS",
+    ),
+    Option("--log-level", "log_level", "choice", "logging", "log level", None, LOG_LEVELS),
+    Option("--access-log", "access_log", "bool", "logging", "log one line per response"),
+)
+
+_GROUPS = {
+    "binding": "binding (fd beats uds beats host:port)",
+    "app": "application",
+    "timeouts": "timeouts",
+    "limits": "limits",
+    "headers": "response headers",
+    "proxy": "proxies",
+    "logging": "logging",
+}
+
+_DEFAULTS = {
+    f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    for f in dataclasses.fields(Config)
+}
+
+# Split an env header list on newlines, and on commas only where a new "Name:" follows, so
+# "Cache-Control: no-cache, no-store" stays one header.
+_ENV_HEADER_SPLIT = re.compile(r"\r?\n|,(?=\s*[!#$%&'*+\-.^_`|~0-9A-Za-z]+\s*:)")
+
+
+def _show_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(v) if not isinstance(v, tuple) else ":".join(v) for v in value) or (
+            "none"
+        )
+    if value == "":
+        return '""'
+    return str(value)
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pronghorn",
+        usage="pronghorn [OPTIONS] APP",
+        description="Serve an ASGI application with pronghorn.",
+        epilog=(
+            "Every option can also be set by an env var, shown with it; a flag on the command "
+            "line wins. Boolean env vars take true/false, 1/0, yes/no or on/off."
+        ),
+        allow_abbrev=False,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=34),
+    )
+    parser.add_argument(
+        "app",
+        nargs="?",
+        metavar="APP",
+        help='the ASGI app as "module:attr" (attr defaults to "app") [env: PRONGHORN_APP]',
+    )
+    parser.add_argument("--version", action="version", version=f"pronghorn {__version__}")
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
+    for opt in OPTIONS:
+        text = f"{opt.help} [default: {_show_default(_DEFAULTS[opt.field])}; env: {opt.env}]"
+        text = text.replace("%", "%%")
+        group = groups[opt.group]
+        if opt.kind == "bool":
+            group.add_argument(
+                opt.flag,
+                dest=opt.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
+        elif opt.kind == "flag":
+            group.add_argument(
+                opt.flag, dest=opt.field, action="store_true", default=None, help=text
+            )
+        elif opt.kind == "append":
+            group.add_argument(
+                opt.flag, dest=opt.field, action="append", metavar=opt.metavar, help=text
+            )
+        else:
+            group.add_argument(
+                opt.flag, dest=opt.field, metavar=opt.metavar, choices=opt.choices, help=text
+            )
+    return parser
+
+
+def options_from(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[dict, dict]:
+    """Config keyword arguments from parsed flags, then env vars; also {field: env var name}
+    for the values that came from the environment."""
+    options: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    specs = [Option("APP", "app", "value", "app", "")] + list(OPTIONS)
+    for opt in specs:
+        value = getattr(ns, opt.field)
+        if value is not None:
+            options[opt.field] = value
+            continue
+        env = opt.env
+        raw = environ.get(env)
+        if raw is None or not raw.strip():
+            continue
+        if opt.kind == "append":
+            options[opt.field] = [h for h in _ENV_HEADER_SPLIT.split(raw) if h.strip()]
+        else:
+            options[opt.field] = raw
+        sources[opt.field] = env
+    return options, sources
+
+
+def _error(message: str) -> None:
+    print(f"pronghorn: error: {message}", file=sys.stderr)
+
+
+def _explain(exc: ConfigError, sources: Mapping[str, str]) -> str:
+    message = str(exc)
+    for name, env in sources.items():
+        if message.startswith(flag_name(name) + ":"):
+            return f"{message} (from {env})"
+    return message
+
+
+def _debugging(options: Mapping[str, Any]) -> bool:
+    return str(options.get("log_level", "")).strip().lower() in ("debug", "trace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server from the command line; returns the process exit code."""
+    options: dict[str, Any] = {}
+    try:
+        try:
+            ns = build_parser().parse_args(argv)
+        except _UsageError as exc:
+            _error(str(exc))
+            return 2
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+
+        options, sources = options_from(ns, os.environ)
+        if "app" not in options:
+            _error("the following arguments are required: APP")
+            return 2
+        try:
+            config = Config(**options)
+        except ConfigError as exc:
+            _error(_explain(exc, sources))
+            return 2
+
+        from pronghorn import logs
+
+        logs.configure(config.log_level, config.access_log)
+        from pronghorn.server import serve
+
+        return int(serve(config) or 0)
+    except ConfigError as exc:  # the app could not be loaded
+        if _debugging(options) and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,446 @@
+"""One validated configuration, shared by the CLI, env vars and ``pronghorn.run()``.
+
+Values may arrive typed (``port=9000`` from ``run()``) or as strings (from the command line or
+``PRONGHORN_*`` env vars); ``Config`` coerces and checks both the same way, so every entry
+point gives the same one-line error for the same mistake.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import ipaddress
+import math
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A bad option or an app that cannot be loaded; the message is one line for the user."""
+
+
+LIFESPAN_MODES = ("auto", "on", "off")
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+
+# RFC 9110 token: what a header name may be.
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+# Framing and hop-by-hop headers are the server's to set per response; a fixed default value
+# would desync or break connections.
+_FORBIDDEN_DEFAULT_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+_UDS_PATH_MAX = 107
+
+
+_FLAG_NAMES = {"app": "APP", "headers": "--header"}
+
+
+def flag_name(name: str) -> str:
+    """The command-line spelling of a Config field, as used in error messages."""
+    return _FLAG_NAMES.get(name) or "--" + name.replace("_", "-")
+
+
+def _fail(name: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"{flag_name(name)}: {what}, got {value!r}")
+
+
+def _as_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if hi >= _INT32_MAX:
+        what = f"must be an integer >= {lo}"
+    else:
+        what = f"must be an integer {lo}..{hi}"
+    if isinstance(value, bool):
+        raise _fail(name, what, value)
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        try:
+            n = int(value.strip(), 10)
+        except ValueError:
+            raise _fail(name, what, value) from None
+    else:
+        raise _fail(name, what, value)
+    if not lo <= n <= hi:
+        raise _fail(name, what, value)
+    return n
+
+
+def _as_seconds(name: str, value: Any, *, allow_zero: bool) -> float:
+    what = "must be a number of seconds " + (">= 0" if allow_zero else "> 0")
+    if isinstance(value, bool):
+        raise _fail(name, what, value)
+    if isinstance(value, (int, float)):
+        x = float(value)
+    elif isinstance(value, str):
+        try:
+            x = float(value.strip())
+        except ValueError:
+            raise _fail(name, what, value) from None
+    else:
+        raise _fail(name, what, value)
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        raise _fail(name, what, value)
+    return x
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    raise _fail(name, "must be true or false (1/0, yes/no, on/off)", value)
+
+
+def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise _fail(name, "must be one of " + "|".join(choices), value)
+
+
+def _has_control_chars(s: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in s)
+
+
+def _parse_header(item: Any) -> tuple[str, str]:
+    name = "headers"
+    if isinstance(item, str):
+        if ":" not in item:
+            raise _fail(name, 'must be "NAME:VALUE"', item)
+        hname, value = item.split(":", 1)
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        hname, value = item
+        if not isinstance(hname, str) or not isinstance(value, str):
+            raise _fail(name, "must be a (name, value) pair of strings", item)
+    else:
+        raise _fail(name, 'must be "NAME:VALUE" or a (name, value) pair', item)
+    hname = hname.strip()
+    value = value.strip(" \t")
+    if not _TOKEN_RE.match(hname):
+        raise _fail(name, f"header name {hname!r} is not a valid HTTP token", item)
+    if hname.lower() in _FORBIDDEN_DEFAULT_HEADERS:
+        raise _fail(name, f"{hname!r} is set by the server per response, not a default", item)
+    if any(c in value for c in "\r\n\0"):
+        raise _fail(name, f"value of {hname!r} must not contain CR, LF or NUL", item)
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F or ord(c) > 0xFF for c in value):
+        raise _fail(name, f"value of {hname!r} has a control or non-Latin-1 character", item)
+    return hname, value
+
+
+def _parse_forwarded_ip(entry: str) -> str:
+    s = entry.strip()
+    if s == "*":
+        return s
+    if s.startswith("[") and s.endswith("]"):
+        s = s[1:-1]
+    try:
+        if "/" in s:
+            return str(ipaddress.ip_network(s, strict=False))
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        raise _fail(
+            "forwarded_allow_ips", 'entries must be IP addresses, CIDR networks or "*"', entry
+        ) from None
+
+
+def _module_is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """True when the app module itself (or a parent package) is missing, not an import in it."""
+    missing = exc.name
+    return missing is not None and (module_name == missing or module_name.startswith(missing + "."))
+
+
+def _where(exc: BaseException) -> str:
+    """' (file.py, line N)' for the innermost frame of user code in exc's traceback."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<") and f.filename != __file__
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    filename = frame.filename
+    try:
+        rel = os.path.relpath(filename)
+        if not rel.startswith(".."):
+            filename = rel
+    except ValueError:
+        pass
+    return f" ({filename}, line {frame.lineno})"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc}"  # str() already names file and line
+    return f"{type(exc).__name__}: {exc}{_where(exc)}"
+
+
+@dataclass
+class Config:
+    """Every server option, validated and normalised in ``__post_init__``.
+
+    Binding: ``fd`` (an inherited listening socket) wins, else ``uds``, else ``host:port``;
+    ``fd`` and ``uds`` are mutually exclusive.
+    """
+
+    app: str | Callable[..., Any]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: str | None = None
+    fd: int | None = None
+    backlog: int = 2048
+    app_dir: str = "."
+    factory: bool = False
+    root_path: str = ""
+    lifespan: str = "auto"
+    loop: str = "auto"
+    timeout_keep_alive: float = 5.0
+    timeout_request_header: float = 10.0
+    timeout_graceful_shutdown: float | None = 30.0
+    limit_concurrency: int = 0
+    limit_request_line: int = 8190
+    limit_request_headers: int = 100
+    limit_request_header_size: int = 65536
+    limit_request_body: int = 1073741824
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    server_header: bool = True
+    date_header: bool = True
+    proxy_headers: bool = True
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    log_level: str = "info"
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field, coercing strings; raises ConfigError on the first bad one."""
+        self._validate_app()
+        self._validate_binding()
+
+        self.factory = _as_bool("factory", self.factory)
+        self.root_path = self._validate_root_path(self.root_path)
+        self.lifespan = _as_choice("lifespan", self.lifespan, LIFESPAN_MODES)
+        self.loop = _as_choice("loop", self.loop, LOOP_CHOICES)
+        if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise _fail(
+                "loop", "uvloop is not installed (pip install 'pronghorn[uvloop]')", "uvloop"
+            )
+
+        self.timeout_keep_alive = _as_seconds(
+            "timeout_keep_alive", self.timeout_keep_alive, allow_zero=False
+        )
+        self.timeout_request_header = _as_seconds(
+            "timeout_request_header", self.timeout_request_header, allow_zero=False
+        )
+        g = self.timeout_graceful_shutdown
+        if g is None or (isinstance(g, str) and g.strip().lower() == "none"):
+            self.timeout_graceful_shutdown = None
+        else:
+            self.timeout_graceful_shutdown = _as_seconds(
+                "timeout_graceful_shutdown", g, allow_zero=True
+            )
+
+        self.limit_concurrency = _as_int("limit_concurrency", self.limit_concurrency, 0, _INT32_MAX)
+        self.limit_request_line = _as_int(
+            "limit_request_line", self.limit_request_line, 1, _INT32_MAX
+        )
+        self.limit_request_headers = _as_int(
+            "limit_request_headers", self.limit_request_headers, 1, _INT32_MAX
+        )
+        self.limit_request_header_size = _as_int(
+            "limit_request_header_size", self.limit_request_header_size, 1, _INT32_MAX
+        )
+        self.limit_request_body = _as_int(
+            "limit_request_body", self.limit_request_body, 0, _INT64_MAX
+        )
+
+        self._validate_headers()
+        self.server_header = _as_bool("server_header", self.server_header)
+        self.date_header = _as_bool("date_header", self.date_header)
+        self.proxy_headers = _as_bool("proxy_headers", self.proxy_headers)
+        self._validate_forwarded_allow_ips()
+        self.log_level = _as_choice("log_level", self.log_level, LOG_LEVELS)
+        self.access_log = _as_bool("access_log", self.access_log)
+
+    def _validate_app(self) -> None:
+        app = self.app
+        if isinstance(app, str):
+            app = app.strip()
+            module, sep, attr = app.partition(":")
+            what = 'must be "module:attr" (e.g. "examples.hello:app")'
+            if module.endswith(".py") or "/" in module:
+                dotted = module.removesuffix(".py").strip("./").replace("/", ".")
+                raise ConfigError(
+                    f"APP: {what}, got {self.app!r} (did you mean {dotted}:{attr or 'app'}?)"
+                )
+            if not module or not all(p.isidentifier() for p in module.split(".")):
+                raise _fail("app", what, self.app)
+            if sep and not all(p.isidentifier() for p in attr.split(".")):
+                raise _fail("app", what, self.app)
+            self.app = app
+        elif not callable(app):
+            raise _fail("app", 'must be "module:attr" or an ASGI callable', app)
+
+        if isinstance(self.app_dir, os.PathLike):
+            self.app_dir = os.fspath(self.app_dir)
+        if not isinstance(self.app_dir, str) or not self.app_dir:
+            raise _fail("app_dir", "must be a directory path", self.app_dir)
+        if isinstance(self.app, str) and not os.path.isdir(self.app_dir):
+            raise _fail("app_dir", "no such directory", self.app_dir)
+
+    def _validate_binding(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise _fail("host", "must be a host name or IP address", self.host)
+        host = self.host.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host or any(c.isspace() for c in host) or _has_control_chars(host):
+            raise _fail("host", "must be a host name or IP address", self.host)
+        self.host = host
+        self.port = _as_int("port", self.port, 0, 65535)
+        self.backlog = _as_int("backlog", self.backlog, 1, 65535)
+
+        if isinstance(self.uds, os.PathLike):
+            self.uds = os.fspath(self.uds)
+        if self.uds is not None:
+            if not isinstance(self.uds, str) or not self.uds or "\0" in self.uds:
+                raise _fail("uds", "must be a socket file path", self.uds)
+            if len(os.fsencode(self.uds)) > _UDS_PATH_MAX:
+                raise _fail("uds", f"path is longer than {_UDS_PATH_MAX} bytes", self.uds)
+        if self.fd is not None:
+            self.fd = _as_int("fd", self.fd, 0, _INT32_MAX)
+        if self.uds is not None and self.fd is not None:
+            raise ConfigError(
+                f"--uds and --fd are mutually exclusive, got {self.uds!r} and {self.fd}"
+            )
+
+    @staticmethod
+    def _validate_root_path(value: Any) -> str:
+        what = 'must be empty or a path starting with "/"'
+        if not isinstance(value, str):
+            raise _fail("root_path", what, value)
+        path = value.strip()
+        if path and (not path.startswith("/") or _has_control_chars(path) or " " in path):
+            raise _fail("root_path", what, value)
+        return path.rstrip("/")
+
+    def _validate_headers(self) -> None:
+        items = self.headers
+        if items is None:
+            items = []
+        elif isinstance(items, str):
+            items = [items]
+        elif not isinstance(items, (list, tuple)):
+            raise _fail("headers", 'must be a list of "NAME:VALUE"', items)
+        self.headers = [_parse_header(item) for item in items]
+
+    def _validate_forwarded_allow_ips(self) -> None:
+        value = self.forwarded_allow_ips
+        if isinstance(value, str):
+            entries = value.split(",")
+        elif isinstance(value, (list, tuple)) and all(isinstance(e, str) for e in value):
+            entries = list(value)
+        else:
+            raise _fail("forwarded_allow_ips", "must be a comma-separated list of IPs", value)
+        parsed = [_parse_forwarded_ip(e) for e in entries if e.strip()]
+        self.forwarded_allow_ips = ["*"] if "*" in parsed else list(dict.fromkeys(parsed))
+
+    def is_trusted_proxy(self, host: str) -> bool:
+        """Whether a peer at ``host`` may set X-Forwarded-* (by --forwarded-allow-ips)."""
+        if "*" in self.forwarded_allow_ips:
+            return True
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        for entry in self.forwarded_allow_ips:
+            if "/" in entry:
+                if addr in ipaddress.ip_network(entry):
+                    return True
+            elif addr == ipaddress.ip_address(entry):
+                return True
+        return False
+
+    def load_app(self) -> Callable[..., Any]:
+        """Import (and with ``factory``, call) the app; every failure is a ConfigError."""
+        if not isinstance(self.app, str):
+            app = self.app
+            label = getattr(app, "__qualname__", type(app).__name__)
+        else:
+            label = self.app
+            module_name, _, attr = self.app.partition(":")
+            attr = attr or "app"
+            app_dir = os.path.abspath(self.app_dir)
+            if not sys.path or sys.path[0] != app_dir:
+                sys.path.insert(0, app_dir)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if _module_is_missing(exc, module_name):
+                    raise ConfigError(f'could not import module "{module_name}": {exc}') from exc
+                raise ConfigError(
+                    f'error while importing module "{module_name}": {_describe(exc)}'
+                ) from exc
+            except (Exception, SystemExit) as exc:
+                raise ConfigError(
+                    f'error while importing module "{module_name}": {_describe(exc)}'
+                ) from exc
+
+            app = module
+            for part in attr.split("."):
+                try:
+                    app = getattr(app, part)
+                except AttributeError:
+                    raise ConfigError(
+                        f'attribute "{attr}" not found in module "{module_name}"'
+                    ) from None
+                except Exception as exc:
+                    raise ConfigError(
+                        f'error while reading "{attr}" from module "{module_name}": '
+                        f"{_describe(exc)}"
+                    ) from exc
+
+        if self.factory:
+            if not callable(app):
+                raise ConfigError(f'app factory "{label}" is not callable ({type(app).__name__})')
+            try:
+                app = app()
+            except Exception as exc:
+                raise ConfigError(f'app factory "{label}" failed: {_describe(exc)}') from exc
+            if not callable(app):
+                raise ConfigError(
+                    f'app factory "{label}" returned {type(app).__name__}, not an ASGI callable'
+                )
+        elif not callable(app):
+            raise ConfigError(f'app "{label}" is not callable ({type(app).__name__})')
+        return app

@@ -1,0 +1,234 @@
+"""Runs one server process: binds the sockets, runs lifespan, hands the sockets to the C core
+(pronghorn._core.Server) on an asyncio loop, and drains on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from typing import Any
+
+from . import logs
+from .config import Config, ConfigError
+from .lifespan import Lifespan, LifespanFailed
+
+logger = logging.getLogger("pronghorn.error")
+
+# A send() waits for the socket once this much response is queued in user space.
+WRITE_HIGH_WATER = 65536
+# A client that takes no bytes of a pending response for this long is dropped.
+TIMEOUT_WRITE = 60.0
+
+
+def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
+    """The listening sockets for --fd, --uds or --host/--port, with whether each is Unix."""
+    if config.fd is not None:
+        sock = socket.socket(fileno=config.fd)
+        return [(sock, sock.family == socket.AF_UNIX)]
+    if config.uds:
+        path = config.uds
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket from an earlier run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o666)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"--uds: cannot bind {path}: {exc.strerror or exc}") from exc
+        sock.listen(config.backlog)
+        return [(sock, True)]
+    try:
+        infos = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host: cannot resolve {config.host!r}: {exc.strerror}") from exc
+    family, socktype, proto, _, addr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot bind {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from exc
+    sock.listen(config.backlog)
+    return [(sock, False)]
+
+
+def _proxy_resolver(config: Config):
+    """What the core calls for a request that carries X-Forwarded-For/-Proto: the client and
+    scheme to put in the scope, when the peer is a trusted proxy."""
+
+    @functools.lru_cache(maxsize=1024)
+    def trusted(host: str) -> bool:
+        return config.is_trusted_proxy(host)
+
+    def resolve(client: tuple[str, int], xff: bytes | None, xfp: bytes | None):
+        if not trusted(client[0]):
+            return None
+        scheme = None
+        if xfp:
+            proto = xfp.decode("latin-1").split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                scheme = proto
+        new_client = None
+        if xff:
+            hosts = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
+            for host in reversed(hosts):
+                if not trusted(host):
+                    new_client = (host, 0)
+                    break
+            else:
+                if hosts:
+                    new_client = (hosts[0], 0)
+        return (new_client, scheme)
+
+    return resolve
+
+
+def _log_exception(message: str, exc: BaseException | None) -> None:
+    if exc is None:
+        logger.error(message)
+    else:
+        logger.error(message, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _extra_headers(config: Config) -> bytes:
+    return b"".join(
+        f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers
+    )
+
+
+def _describe(config: Config, sock: socket.socket, is_unix: bool) -> str:
+    if is_unix:
+        return f"unix socket {sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class _Shutdown:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.forced = False
+
+    def request(self) -> None:
+        if self.event.is_set():
+            self.forced = True  # a second signal: stop waiting for in-flight requests
+        self.event.set()
+
+
+async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
+    from . import _core
+
+    loop = asyncio.get_running_loop()
+    shutdown = _Shutdown()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown.request)
+
+    state: dict = {}
+    lifespan = Lifespan(app, config.lifespan, state)
+    try:
+        await lifespan.startup()
+    except LifespanFailed as exc:
+        logger.error("Application startup failed: %s", exc)
+        for sock, _ in socks:
+            sock.close()
+        return 3
+
+    access = logs.access_log_line if config.access_log and logs.access_log_enabled() else None
+    options = {
+        "timeout_keep_alive": config.timeout_keep_alive,
+        "timeout_request_header": config.timeout_request_header,
+        "timeout_write": TIMEOUT_WRITE,
+        "limit_request_line": config.limit_request_line,
+        "limit_request_headers": config.limit_request_headers,
+        "limit_request_header_size": config.limit_request_header_size,
+        "limit_request_body": config.limit_request_body,
+        "limit_concurrency": config.limit_concurrency,
+        "server_header": config.server_header,
+        "date_header": config.date_header,
+        "extra_headers": _extra_headers(config),
+        "root_path": config.root_path,
+        "write_high_water": WRITE_HIGH_WATER,
+        "access_log": access,
+        "log_exception": _log_exception,
+        "proxy": _proxy_resolver(config) if config.proxy_headers else None,
+    }
+    server = _core.Server(app, loop, state, options)
+    names = []
+    for sock, is_unix in socks:
+        names.append(_describe(config, sock, is_unix))
+        server.listen(sock.detach(), is_unix, config.backlog)
+    server.start()
+    for name in names:
+        logger.info("pronghorn running on %s (Press CTRL+C to quit)", name)
+
+    await shutdown.event.wait()
+    logger.info("Shutting down")
+    server.shutdown()
+    deadline = None
+    if config.timeout_graceful_shutdown is not None:
+        deadline = loop.time() + config.timeout_graceful_shutdown
+    while server.connections and not shutdown.forced:
+        if deadline is not None and loop.time() >= deadline:
+            logger.warning(
+                "Graceful shutdown timed out with %d connection(s) open", server.connections
+            )
+            break
+        await asyncio.sleep(0.02)
+    if server.requests:
+        server.cancel_all()
+    server.abort_all()
+    # Let cancelled request tasks run their cleanup before lifespan shutdown.
+    for _ in range(10):
+        if not server.requests:
+            break
+        await asyncio.sleep(0.01)
+    await lifespan.shutdown()
+    server.close()
+    logger.info("Finished server process [%d]", os.getpid())
+    return 0
+
+
+def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
+    if choice in ("uvloop",):
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def serve(config: Config) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit code."""
+    logs.configure(config.log_level, config.access_log)
+    app = config.load_app()
+    socks = bind_sockets(config)
+    logger.info("Started server process [%d]", os.getpid())
+    loop = _new_loop(config.loop)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(_serve(config, app, socks))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+            sys.stderr.flush()
