@@ -31,6 +31,11 @@ typedef struct {
     size_t url_len;
     size_t head_bytes;
     int last_was_value;
+    /* Line feeds in the head, counted to find obs-fold (llhttp joins folded lines silently):
+     * a head without folds has one per header, plus the request line and the blank line. */
+    size_t head_lfs;
+    const char *head_from; /* where the request line began, within the current execute() */
+    int counting;
     int event;
     int err_status; /* set by a callback that fails the request */
     const char *err_text;
@@ -115,6 +120,7 @@ static int cb_message_begin(llhttp_t *p)
     h->head_bytes = 0;
     h->last_was_value = 1;
     h->body_received = 0;
+    h->err_status = 0;
     if (h->server->cfg.timeout_request_header_ms)
         ph_conn_set_timeout(h->conn, h->server->cfg.timeout_request_header_ms);
     return 0;
@@ -125,6 +131,18 @@ static int user_error(h1_t *h, int status, const char *text)
     h->err_status = status;
     h->err_text = text;
     return HPE_USER;
+}
+
+static int cb_method(llhttp_t *p, const char *at, size_t len)
+{
+    h1_t *h = p->data;
+    (void)len;
+    if (!h->counting && !h->headers_done) {
+        h->counting = 1;
+        h->head_from = at;
+        h->head_lfs = 0;
+    }
+    return 0;
 }
 
 static int cb_url(llhttp_t *p, const char *at, size_t len)
@@ -139,12 +157,19 @@ static int cb_url(llhttp_t *p, const char *at, size_t len)
 static int cb_header_field(llhttp_t *p, const char *at, size_t len)
 {
     h1_t *h = p->data;
+    if (len == 0)
+        return 0;
     const ph_config_t *cfg = &h->server->cfg;
     h->head_bytes += len;
     if (h->head_bytes > cfg->limit_request_header_size)
         return user_error(h, 431, "Request header fields too large");
-    if (h->headers_done)
+    /* llhttp lets "Name : value" through; RFC 9112 §5.1 says 400 (a smuggling vector). */
+    if (!ph_is_token(at, len))
+        return user_error(h, 400, "Invalid character in header name");
+    if (h->headers_done) {
+        h->last_was_value = 0;
         return 0; /* trailer fields: bounded, then dropped */
+    }
     if (h->last_was_value) {
         if (h->nheaders >= cfg->limit_request_headers)
             return user_error(h, 431, "Too many request header fields");
@@ -174,14 +199,18 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
 static int cb_header_value(llhttp_t *p, const char *at, size_t len)
 {
     h1_t *h = p->data;
+    if (len == 0)
+        return 0;
     h->head_bytes += len;
     if (h->head_bytes > h->server->cfg.limit_request_header_size)
         return user_error(h, 431, "Request header fields too large");
     /* llhttp tolerates some of these; RFC 9112 §5.5 does not (CR, LF, NUL: smuggling vectors). */
     if (!ph_is_field_value(at, len))
         return user_error(h, 400, "Invalid character in header value");
-    if (h->headers_done)
+    if (h->headers_done) {
+        h->last_was_value = 1;
         return 0;
+    }
     hdr_pos_t *hp = &h->pos[h->nheaders - 1];
     if (!h->last_was_value) {
         hp->value_off = h->arena_len;
@@ -194,8 +223,10 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
 static int cb_header_value_complete(llhttp_t *p)
 {
     h1_t *h = p->data;
-    if (h->headers_done || h->nheaders == 0)
+    if (h->headers_done || h->nheaders == 0) {
+        h->last_was_value = 1;
         return 0;
+    }
     if (!h->last_was_value) {
         /* An empty value: no value callback came. */
         h->pos[h->nheaders - 1].value_off = h->arena_len;
@@ -421,6 +452,11 @@ static void on_headers(h1_t *h)
 {
     ph_conn_set_timeout(h->conn, 0);
     ph_request_t *r = &h->stream.req;
+    if (h->head_lfs != h->nheaders + 2) {
+        /* RFC 9112 §5.2: a server may reject obs-fold with 400; joining lines is riskier. */
+        fail(h, 400, "Obsolete line folding in a header");
+        return;
+    }
     uint64_t limit = h->server->cfg.limit_request_body;
     if (limit && r->content_length > 0 && (uint64_t)r->content_length > limit) {
         fail(h, 413, "Request body too large");
@@ -452,20 +488,43 @@ static void on_message(h1_t *h)
         finish_exchange(h);
 }
 
+/* llhttp rejects a Transfer-Encoding not ending in chunked before we see the head; RFC 9112 §6.1
+ * still wants 501 when a coding is one we do not know. */
+static int unknown_coding(h1_t *h)
+{
+    for (size_t i = 0; i < h->nheaders; i++) {
+        hdr_pos_t *hp = &h->pos[i];
+        if (hp->name_len != 17 || memcmp(h->arena + hp->name_off, "transfer-encoding", 17) != 0)
+            continue;
+        int chunked = 0;
+        ph_slice_t v = {h->arena + hp->value_off, hp->value_len};
+        if (check_transfer_encoding(h, v, &chunked) != 0 && h->err_status == 501)
+            return 1;
+    }
+    h->err_status = 0;
+    return 0;
+}
+
 static int parse_error_status(h1_t *h, llhttp_errno_t err, const char **text)
 {
-    switch (err) {
-    case HPE_USER:
+    if (h->err_status) {
+        /* One of our callbacks failed the request (llhttp may report it under its own code). */
         *text = h->err_text;
         return h->err_status;
+    }
+    switch (err) {
+    case HPE_INVALID_TRANSFER_ENCODING:
+        if (unknown_coding(h)) {
+            *text = "Unsupported transfer coding";
+            return 501;
+        }
+        *text = "Transfer-Encoding does not end in chunked";
+        return 400;
     case HPE_INVALID_VERSION:
         *text = "Invalid HTTP version";
         return 400;
     case HPE_INVALID_METHOD:
         *text = "Invalid or unsupported method";
-        return 400;
-    case HPE_INVALID_TRANSFER_ENCODING:
-        *text = "Invalid Transfer-Encoding";
         return 400;
     default:
         *text = llhttp_get_error_reason(&h->parser);
@@ -484,7 +543,7 @@ static int version_status(h1_t *h, const char *pos)
     while (v > start && v[-1] != ' ' && v[-1] != '\n')
         v--;
     if (end - v >= 8 && memcmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
-        v[7] >= '0' && v[7] <= '9' && (end - v == 8 || v[8] == '\r' || v[8] == '\n'))
+        v[7] >= '0' && v[7] <= '9' && (end - v == 8 || (v[8] == '\r' && (end - v == 9 || v[9] == '\n'))))
         return 505;
     return 400;
 }
@@ -495,24 +554,37 @@ static void process(h1_t *h)
         return;
     h->processing = 1;
     ph_conn_t *c = h->conn;
+    int resumed = 0;
     while (!h->closed) {
         if (h->stream_open && h->msg_complete)
             break; /* pipelined input waits for the response in flight */
         size_t avail = c->rlen - c->rstart;
-        if (avail == 0)
+        /* After a pause llhttp may have steps left that need no input (the end of a message
+         * without a body): run it once more even with nothing new. */
+        if (avail == 0 && !resumed)
             break;
-        const char *p = c->rbuf + c->rstart;
+        resumed = 0;
+        const char *p = c->rbuf ? c->rbuf + c->rstart : "";
         h->event = EV_NONE;
         llhttp_errno_t err = llhttp_execute(&h->parser, p, avail);
+        const char *pos = err == HPE_OK ? p + avail : llhttp_get_error_pos(&h->parser);
+        size_t used = (pos && pos >= p && pos <= p + avail) ? (size_t)(pos - p) : avail;
+        if (h->counting) {
+            const char *from = h->head_from ? h->head_from : p;
+            for (const char *q = from; q < p + used; q++)
+                h->head_lfs += *q == '\n';
+            h->head_from = NULL;
+            if (h->event == EV_HEADERS)
+                h->counting = 0;
+        }
         if (err == HPE_OK) {
             ph_conn_consume(c, avail);
             continue;
         }
-        const char *pos = llhttp_get_error_pos(&h->parser);
-        size_t used = (pos && pos >= p && pos <= p + avail) ? (size_t)(pos - p) : avail;
         if (err == HPE_PAUSED) {
             ph_conn_consume(c, used);
             llhttp_resume(&h->parser);
+            resumed = 1;
             if (h->event == EV_HEADERS)
                 on_headers(h);
             else if (h->event == EV_MESSAGE)
@@ -530,9 +602,9 @@ static void process(h1_t *h)
         }
         const char *text;
         int status = parse_error_status(h, err, &text);
-        if (err == HPE_INVALID_VERSION)
+        if (err == HPE_INVALID_VERSION && !h->err_status)
             status = version_status(h, pos);
-        else if (err == HPE_INVALID_METHOD && pos && pos >= p) {
+        else if (err == HPE_INVALID_METHOD && !h->err_status && pos && pos >= p) {
             /* A well-formed token we do not implement is a 501 (RFC 9110 §9.1). */
             size_t n = 0;
             while (p + n < p + avail && p[n] != ' ')
@@ -608,11 +680,16 @@ static void fail(h1_t *h, int status, const char *text)
 {
     if (h->closed)
         return;
-    int started = h->resp_state == RESP_BODY;
+    int state = h->resp_state;
     disconnect_stream(h);
-    if (started) {
+    if (state == RESP_BODY) {
+        /* Part of a response is out: only a reset tells the client it is cut short. */
         h->closed = 1;
         ph_conn_abort(h->conn);
+        return;
+    }
+    if (state == RESP_DONE) {
+        close_conn(h, 1); /* the request was answered; its tail was bad */
         return;
     }
     write_simple(h, status, text ? text : ph_status_reason(status));
@@ -934,6 +1011,7 @@ int ph_h1_attach(ph_conn_t *conn)
     if (!settings_ready) {
         llhttp_settings_init(&settings);
         settings.on_message_begin = cb_message_begin;
+        settings.on_method = cb_method;
         settings.on_url = cb_url;
         settings.on_header_field = cb_header_field;
         settings.on_header_value = cb_header_value;

@@ -1,0 +1,53 @@
+#include <string.h>
+
+#include "check.h"
+#include "util.h"
+
+#define S(lit) lit, sizeof(lit) - 1
+
+int main(void)
+{
+    CHECK(ph_is_token(S("Content-Type")));
+    CHECK(ph_is_token(S("x!#$%&'*+-.^_`|~09")));
+    CHECK(!ph_is_token(S("")));
+    CHECK(!ph_is_token(S("Bad Name")));
+    CHECK(!ph_is_token(S("colon:")));
+    CHECK(!ph_is_token(S("nul\0")));
+
+    CHECK(ph_is_field_value(S("text/plain; q=1\tx")));
+    CHECK(ph_is_field_value(S("\x80\xff obs-text")));
+    CHECK(!ph_is_field_value(S("a\r\nb")));
+    CHECK(!ph_is_field_value(S("a\0b")));
+    CHECK(!ph_is_field_value(S("a\x7f")));
+
+    CHECK(ph_eq_lower(S("Content-Length"), S("content-length")));
+    CHECK(!ph_eq_lower(S("Content-Lengt"), S("content-length")));
+
+    CHECK(ph_parse_decimal(S("0")) == 0);
+    CHECK(ph_parse_decimal(S("1234567890")) == 1234567890);
+    CHECK(ph_parse_decimal(S("9223372036854775807")) == -1 ||
+          ph_parse_decimal(S("9223372036854775807")) > 0);
+    CHECK(ph_parse_decimal(S("99999999999999999999")) == -1);
+    CHECK(ph_parse_decimal(S("+1")) == -1);
+    CHECK(ph_parse_decimal(S("1 ")) == -1);
+    CHECK(ph_parse_decimal(S("")) == -1);
+    CHECK(ph_parse_decimal(S("0x10")) == -1);
+
+    char buf[32];
+    size_t n = ph_u64toa(0, buf);
+    CHECK(n == 1 && buf[0] == '0');
+    n = ph_u64toa(18446744073709551615ULL, buf);
+    CHECK(n == 20 && memcmp(buf, "18446744073709551615", 20) == 0);
+
+    n = ph_percent_decode(S("/caf%C3%A9/%2f%zz%4"), buf);
+    CHECK(n == 13 && memcmp(buf, "/caf\xc3\xa9//%zz%4", 13) == 0);
+
+    const char *d = ph_date_now();
+    CHECK(d[3] == ',' && d[4] == ' ' && memcmp(d + 25, " GMT", 4) == 0);
+    CHECK(d[19] == ':' && d[22] == ':');
+
+    CHECK(strcmp(ph_status_reason(200), "OK") == 0);
+    CHECK(strcmp(ph_status_reason(431), "Request Header Fields Too Large") == 0);
+    CHECK(strcmp(ph_status_reason(799), "") == 0);
+    return CHECK_REPORT();
+}
