@@ -838,8 +838,9 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
         bufs[nb++] = uv_buf_init(h->obuf, (unsigned)h->olen);
         h->resp_state = RESP_BODY;
     }
+    int chunks = h->resp_chunked && !h->resp_no_body;
     char prefix[24];
-    if (len && h->resp_chunked) {
+    if (len && chunks) {
         static const char hex[] = "0123456789abcdef";
         char tmp[20];
         size_t t = 0, v = len;
@@ -856,7 +857,7 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
     }
     if (len)
         bufs[nb++] = uv_buf_init((char *)data, (unsigned)len);
-    if (h->resp_chunked) {
+    if (chunks) {
         if (len && more)
             bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
         else if (len && !more)
@@ -880,8 +881,9 @@ static void op_want_body(ph_stream_t *s)
     h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
     if (h->closed || !h->stream_open)
         return;
-    if (s->req.expect_continue && !h->continue_sent && !h->msg_complete &&
-        h->resp_state == RESP_NONE) {
+    /* RFC 9110 §10.1.1: never a 100 to an HTTP/1.0 client. */
+    if (s->req.expect_continue && s->req.http_minor >= 1 && !h->continue_sent &&
+        !h->msg_complete && h->resp_state == RESP_NONE) {
         h->continue_sent = 1;
         uv_buf_t b = uv_buf_init((char *)"HTTP/1.1 100 Continue\r\n\r\n", 25);
         ph_conn_write(h->conn, &b, 1);

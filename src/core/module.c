@@ -52,6 +52,15 @@ static void schedule_timer(ph_pyserver_t *srv, int ms)
     srv->timer_deadline = deadline;
 }
 
+/* For calls from Python code (maybe inside a task): the tick runs as its own loop callback. */
+static void request_tick(ph_pyserver_t *srv)
+{
+    if (!srv->loop.kick_pending && !srv->closed) {
+        srv->loop.kick_pending = 1;
+        kick(&srv->loop);
+    }
+}
+
 static PyObject *server_tick(ph_pyserver_t *srv, PyObject *unused)
 {
     (void)unused;
@@ -330,8 +339,10 @@ static PyObject *server_start(ph_pyserver_t *srv, PyObject *unused)
         return NULL;
     Py_DECREF(r);
     srv->started = 1;
-    /* The listen watchers only reach epoll in a first run. */
-    return server_tick(srv, NULL);
+    /* The listen watchers only reach epoll in a first run; it runs as a loop callback, not here,
+     * since the caller may be a task and requests are started as tasks. */
+    request_tick(srv);
+    Py_RETURN_NONE;
 }
 
 static PyObject *server_shutdown(ph_pyserver_t *srv, PyObject *unused)
@@ -348,8 +359,8 @@ static PyObject *server_shutdown(ph_pyserver_t *srv, PyObject *unused)
             c->proto->drain(c);
         c = next;
     }
-    ph_loop_touch(&srv->loop);
-    return server_tick(srv, NULL);
+    request_tick(srv);
+    Py_RETURN_NONE;
 }
 
 static PyObject *server_cancel_all(ph_pyserver_t *srv, PyObject *unused)
@@ -368,7 +379,8 @@ static PyObject *server_abort_all(ph_pyserver_t *srv, PyObject *unused)
         ph_conn_abort(c);
         c = next;
     }
-    return server_tick(srv, NULL);
+    request_tick(srv);
+    Py_RETURN_NONE;
 }
 
 static PyObject *server_close(ph_pyserver_t *srv, PyObject *unused)

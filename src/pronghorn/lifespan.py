@@ -70,9 +70,11 @@ class Lifespan:
             else:
                 self._failed = f"{type(exc).__name__}: {exc}"
                 logger.error("Exception in 'lifespan' protocol", exc_info=exc)
+        else:
+            if not self._startup_done.is_set():
+                # Returned without a word about lifespan (as uvicorn allows): nothing to run.
+                self.supported = False
         finally:
-            if not self._startup_done.is_set() and self.supported and self._failed is None:
-                self._failed = "the application returned before completing startup"
             self._startup_done.set()
             self._shutdown_done.set()
 

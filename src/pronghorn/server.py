@@ -26,7 +26,9 @@ TIMEOUT_WRITE = 60.0
 
 
 def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
-    """The listening sockets for --fd, --uds or --host/--port, with whether each is Unix."""
+    """The sockets for --fd, --uds or --host/--port, with whether each is Unix. They are bound
+    (so a taken port fails before the app starts) but listen only once lifespan startup is
+    done: no client waits in the backlog of a server that is not ready."""
     if config.fd is not None:
         sock = socket.socket(fileno=config.fd)
         return [(sock, sock.family == socket.AF_UNIX)]
@@ -44,7 +46,6 @@ def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
         except OSError as exc:
             sock.close()
             raise ConfigError(f"--uds: cannot bind {path}: {exc.strerror or exc}") from exc
-        sock.listen(config.backlog)
         return [(sock, True)]
     try:
         infos = socket.getaddrinfo(
@@ -64,7 +65,6 @@ def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
         raise ConfigError(
             f"cannot bind {config.host}:{config.port}: {exc.strerror or exc}"
         ) from exc
-    sock.listen(config.backlog)
     return [(sock, False)]
 
 
@@ -107,9 +107,7 @@ def _log_exception(message: str, exc: BaseException | None) -> None:
 
 
 def _extra_headers(config: Config) -> bytes:
-    return b"".join(
-        f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers
-    )
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers)
 
 
 def _describe(config: Config, sock: socket.socket, is_unix: bool) -> str:
