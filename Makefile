@@ -20,7 +20,7 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 BUILD_INPUTS := pyproject.toml meson.build $(wildcard meson.options meson_options.txt)
 
-.PHONY: all build serve test lint clean distclean
+.PHONY: all build serve test lint clean distclean test-asan fuzz
 
 all: build
 
@@ -70,11 +70,63 @@ lint: $(DEPS_STAMP)
 		echo "clang-format not installed: C formatting not checked"; \
 	fi
 
+# ---- sanitizers -------------------------------------------------------------------------------
+# The whole suite against an ASan+UBSan build of the extension, in a venv of its own (the
+# interpreter is not instrumented, so the runtime is preloaded). The C unit tests run
+# instrumented too, with LeakSanitizer on: below the GIL line every byte must be freed.
+ASAN_VENV := .venv-asan
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD=$(ASAN_LIB)
+ASAN_STAMP := $(ASAN_VENV)/.build-stamp
+
+$(ASAN_VENV)/.deps-stamp: $(DEPS_STAMP) requirements-dev.txt
+	test -x $(ASAN_VENV)/bin/python || $(PYTHON) -m venv $(ASAN_VENV)
+	$(ASAN_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+$(ASAN_STAMP): $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS) $(wildcard src/core/*.[ch] src/pronghorn/*.py)
+	$(ASAN_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-build-isolation \
+		-Cbuild-dir=build-asan -Csetup-args=-Db_sanitize=address,undefined \
+		-Csetup-args=-Db_lundef=false -Csetup-args=-Dbuildtype=debugoptimized .
+	touch $@
+
+test-asan: $(ASAN_STAMP)
+	[ -f build-ctest-asan/build.ninja ] || { rm -rf build-ctest-asan; $(BIN)/meson setup \
+		build-ctest-asan -Dunit_tests=true -Db_sanitize=address,undefined \
+		-Dbuildtype=debugoptimized; }
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(BIN)/meson test -C build-ctest-asan --print-errorlogs
+	$(ASAN_ENV) $(ASAN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+# ---- fuzzing ----------------------------------------------------------------------------------
+# libFuzzer targets (clang); `make fuzz FUZZ_SECONDS=60` runs each for that long from the seed
+# corpus in fuzz/corpus/<target>, keeping what it finds in fuzz/corpus-run/ (not committed).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := h1
+CORE_SRCS := src/core/loop.c src/core/conn.c src/core/listener.c src/core/h1.c src/core/util.c
+LLHTTP_DIR ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-D_GNU_SOURCE -Isrc/core -I$(LLHTTP_INC)
+
+build-fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(wildcard src/core/*.h tests/c/*.h) | $(DEPS_STAMP)
+	mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) $(CORE_SRCS) $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c \
+		$(LLHTTP_DIR)/llhttp.c $< $$(pkg-config --cflags --libs libuv) -o $@
+
+fuzz: $(addprefix build-fuzz/fuzz_,$(FUZZ_TARGETS))
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus-run/$$t; \
+		build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+			fuzz/corpus-run/$$t fuzz/corpus/$$t 2>&1 | tail -n 25 || exit 1; \
+	done
+
 # Build output only; `distclean` also drops the venv.
 clean:
-	rm -rf build build-ctest $(BUILD_STAMP) .pytest_cache .ruff_cache
+	rm -rf build build-ctest build-ctest-asan build-asan build-fuzz $(BUILD_STAMP) $(ASAN_STAMP) .pytest_cache .ruff_cache
 	find . \( -path ./$(VENV) -o -path ./bench/.venv -o -path ./.git \) -prune -o \
 		-name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ASAN_VENV)

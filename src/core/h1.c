@@ -31,6 +31,7 @@ typedef struct {
     size_t url_len;
     size_t head_bytes;
     int last_was_value;
+    int value_done; /* the last field's value ended; a value now needs a new name first */
     /* Line feeds in the head, counted to find obs-fold (llhttp joins folded lines silently):
      * a head without folds has one per header, plus the request line and the blank line. */
     size_t head_lfs;
@@ -119,6 +120,7 @@ static int cb_message_begin(llhttp_t *p)
     h->url_len = 0;
     h->head_bytes = 0;
     h->last_was_value = 1;
+    h->value_done = 1;
     h->body_received = 0;
     h->err_status = 0;
     if (h->server->cfg.timeout_request_header_ms)
@@ -166,6 +168,7 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
     /* llhttp lets "Name : value" through; RFC 9112 §5.1 says 400 (a smuggling vector). */
     if (!ph_is_token(at, len))
         return user_error(h, 400, "Invalid character in header name");
+    h->value_done = 0;
     if (h->headers_done) {
         h->last_was_value = 0;
         return 0; /* trailer fields: bounded, then dropped */
@@ -207,6 +210,8 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
     /* llhttp tolerates some of these; RFC 9112 §5.5 does not (CR, LF, NUL: smuggling vectors). */
     if (!ph_is_field_value(at, len))
         return user_error(h, 400, "Invalid character in header value");
+    if (h->value_done) /* llhttp passes ": value" with no name callback at all */
+        return user_error(h, 400, "Header field without a name");
     if (h->headers_done) {
         h->last_was_value = 1;
         return 0;
@@ -223,6 +228,7 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
 static int cb_header_value_complete(llhttp_t *p)
 {
     h1_t *h = p->data;
+    h->value_done = 1;
     if (h->headers_done || h->nheaders == 0) {
         h->last_was_value = 1;
         return 0;

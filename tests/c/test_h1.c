@@ -54,6 +54,10 @@ static void test_malformed(void)
            "HTTP/1.1 400", 1, 0);
     expect("space before colon", "GET / HTTP/1.1\r\nHost: a\r\nX : a\r\n\r\n", 1 << 20,
            "HTTP/1.1 400", 1, 0);
+    expect("empty name first", "GET / HTTP/1.1\r\n:x\r\nHost: a\r\n\r\n", 1 << 20, "HTTP/1.1 400",
+           1, 0);
+    expect("empty name later", "GET / HTTP/1.1\r\nHost: a\r\n: evil\r\n\r\n", 1 << 20,
+           "HTTP/1.1 400", 1, 0);
     expect("control char", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01\r\n\r\n", 1 << 20,
            "HTTP/1.1 400", 1, 0);
     expect("unknown coding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n",

@@ -1,0 +1,30 @@
+/* libFuzzer target: arbitrary bytes, in arbitrary fragments, through the whole HTTP/1 path —
+ * conn (socket reads) -> h1 (llhttp + our checks) -> stream events -> serialised responses —
+ * with a bridge that answers at once or after the body, with a fixed or a chunked body.
+ *
+ * The first byte picks the bridge's behaviour and the fragment size; the rest is the stream of
+ * bytes the client sends. Built by `make fuzz` (clang -fsanitize=fuzzer,address,undefined). */
+#include <stdint.h>
+
+#include "../tests/c/harness.h"
+
+static char out[1 << 20];
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    harness_t h;
+    if (harness_init(&h) != 0)
+        return 0;
+    h.chunked_reply = data[0] & 1;
+    h.respond_on_end = (data[0] >> 1) & 1;
+    size_t piece = (size_t)(data[0] >> 2) * 16 + 1; /* 1 .. 1009 bytes a write */
+    size_t outlen;
+    harness_exchange(&h, (const char *)data + 1, size - 1, piece, out, sizeof(out), &outlen);
+    /* Every answer the server wrote must start like one. */
+    if (outlen > 0 && memcmp(out, "HTTP/1.1 ", 9) != 0)
+        __builtin_trap();
+    harness_free(&h);
+    return 0;
+}
