@@ -1,0 +1,45 @@
+"""App errors: an exception before the response started is a 500 with the traceback logged;
+after it started the connection is aborted; an app that returns without responding is a 500."""
+
+import re
+
+import httpx
+from conftest import RawConn, request_bytes
+
+
+def test_exception_before_response_is_500_and_traceback_logged(basic):
+    before = len(basic.log())
+    resp = httpx.get(f"{basic.url}/error-before", timeout=5)
+    assert resp.status_code == 500
+    basic.wait_for_log("boom-before-start")
+    log = basic.log()[before:]
+    assert "Traceback (most recent call last)" in log
+    assert "RuntimeError: boom-before-start" in log
+    assert "error_before" in log  # the app's own frame is in the traceback
+
+
+def test_exception_after_response_started_aborts_connection(basic):
+    before = len(basic.log())
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", "/error-after") + request_bytes("GET", "/id?n=next"))
+        resp = conn.read_response(allow_incomplete=True)
+        assert resp.status == 200  # the head was already out
+        assert resp.incomplete, "an aborted response must not look complete to the client"
+        assert resp.body in (b"", b"partial")
+        assert conn.is_closed()
+    basic.wait_for_log("boom-after-start")
+    assert "Traceback" in basic.log()[before:]
+
+
+def test_app_returning_without_response_is_500(basic):
+    before = len(basic.log())
+    resp = httpx.get(f"{basic.url}/no-response", timeout=5)
+    assert resp.status_code == 500
+    assert re.search(r"(?i)without|response|error", basic.log()[before:])
+
+
+def test_server_keeps_serving_after_app_errors(basic):
+    with httpx.Client(base_url=basic.url, timeout=5) as client:
+        for path in ("/error-before", "/no-response", "/error-before"):
+            assert client.get(path).status_code == 500
+        assert client.get("/id", params={"n": 3}).text == "3"
