@@ -77,7 +77,7 @@ lint: $(DEPS_STAMP)
 ASAN_VENV := .venv-asan
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 ASAN_ENV = ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 \
-	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD=$(ASAN_LIB)
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PRONGHORN_TEST_PRELOAD=$(ASAN_LIB)
 ASAN_STAMP := $(ASAN_VENV)/.build-stamp
 
 $(ASAN_VENV)/.deps-stamp: $(DEPS_STAMP) requirements-dev.txt
@@ -121,6 +121,56 @@ fuzz: $(addprefix build-fuzz/fuzz_,$(FUZZ_TARGETS))
 		build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
 			fuzz/corpus-run/$$t fuzz/corpus/$$t 2>&1 | tail -n 25 || exit 1; \
 	done
+
+# ---- benchmark --------------------------------------------------------------------------------
+# `make bench`: every scenario against every peer server in the same run (about 25 min; method
+# and settings in bench/README.md). The peers are pinned in bench/requirements.txt and live in
+# bench/.venv; oha is built once into $(BENCH_TOOLS) (a few minutes: do not run it alongside a
+# benchmark). `make bench-smoke`: one short round against pronghorn alone (< 90 s, no peers; the
+# fixed-rate rows use oha if it is installed, else a paced wrk). BENCH_ARGS passes options to
+# bench/run.py, e.g. `make bench BENCH_ARGS="--servers pronghorn nginx --rounds 1"`.
+.PHONY: bench bench-smoke bench-deps
+BENCH_VENV  := bench/.venv
+BENCH_TOOLS ?= bench/.tools
+OHA_VERSION := 1.16.0
+BENCH_DEB   := wrk nghttp2-client nginx
+BENCH_ARGS  ?=
+
+# $(call deb_install,PACKAGES): apt-get install the ones that are missing.
+define deb_install
+	@if command -v dpkg >/dev/null 2>&1; then \
+		missing=""; \
+		for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then \
+			echo "installing Debian packages (missing:$$missing)"; \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+				--no-install-recommends $(1); \
+		fi; \
+	else \
+		echo "no dpkg: install these (or your system's equivalents) yourself: $(1)"; \
+	fi
+endef
+
+$(BENCH_VENV)/.stamp: bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check -q -r bench/requirements.txt
+	touch $@
+
+$(BENCH_TOOLS)/.oha-$(OHA_VERSION):
+	@command -v cargo >/dev/null 2>&1 || { echo "cargo is needed to build oha"; exit 1; }
+	cargo install oha --locked --version $(OHA_VERSION) --root $(BENCH_TOOLS)
+	touch $@
+
+bench-deps: $(BENCH_VENV)/.stamp $(BENCH_TOOLS)/.oha-$(OHA_VERSION)
+	$(call deb_install,$(BENCH_DEB))
+
+bench: build bench-deps
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-smoke: build
+	$(call deb_install,wrk nghttp2-client)
+	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
 
 # Build output only; `distclean` also drops the venv.
 clean:

@@ -34,6 +34,8 @@ IS_UVICORN = SERVER_KIND == "uvicorn"
 SERVER_NAME = "uvicorn" if IS_UVICORN else "pronghorn"
 #: prefix of the environment variables that set flags (PRONGHORN_PORT, ...)
 ENV_PREFIX = SERVER_NAME.upper() + "_"
+#: what AddressSanitizer / UBSan print (`make test-asan`): any of these fails the test
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 DEFAULT_TIMEOUT = 60  # seconds per test, generous; a hung test fails instead of hanging CI
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -118,6 +120,10 @@ def child_env(env: dict | None = None) -> dict:
     }
     out["PYTHONUNBUFFERED"] = "1"
     out["PRONGHORN_TEST_LOGGER_PREFIX"] = SERVER_NAME
+    # `make test-asan`: the sanitizer runtime goes into the servers only, not into curl & co.
+    preload = os.environ.get("PRONGHORN_TEST_PRELOAD")
+    if preload:
+        out["LD_PRELOAD"] = preload
     if env:
         out.update(env)
     return out
@@ -274,8 +280,14 @@ class ServerFactory:
         return srv
 
     def cleanup(self):
+        reports = []
         for srv in self.servers:
             srv.stop(signal.SIGINT, STOP_TIMEOUT)
+            log = srv.log()
+            if any(mark in log for mark in SANITIZER_MARKS):
+                reports.append(f"$ {' '.join(srv.argv)}\n{log}")
+        if reports:
+            pytest.fail("sanitizer report from a server:\n" + "\n".join(reports), pytrace=False)
 
 
 @pytest.fixture
