@@ -77,22 +77,66 @@ static void log_exception(ph_pyserver_t *srv, const char *msg, PyObject *exc)
     Py_XDECREF(m);
 }
 
+/* "a.b.c.d" without sprintf (inet_ntop formats through printf: measurable per request). */
+static size_t format_ipv4(const struct in_addr *a, char *out)
+{
+    const unsigned char *b = (const unsigned char *)&a->s_addr;
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        if (i)
+            out[n++] = '.';
+        n += ph_u64toa(b[i], out + n);
+    }
+    out[n] = 0;
+    return n;
+}
+
 static PyObject *addr_tuple(const struct sockaddr_storage *ss)
 {
     char host[INET6_ADDRSTRLEN];
+    size_t hl;
     int port;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        hl = format_ipv4(&a->sin_addr, host);
         port = ntohs(a->sin_port);
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        hl = strlen(host);
         port = ntohs(a->sin6_port);
     } else {
         Py_RETURN_NONE;
     }
-    return Py_BuildValue("(si)", host, port);
+    PyObject *h = PyUnicode_DecodeASCII(host, (Py_ssize_t)hl, NULL);
+    PyObject *p = h ? PyLong_FromLong(port) : NULL;
+    if (p == NULL) {
+        Py_XDECREF(h);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) {
+        Py_DECREF(h);
+        Py_DECREF(p);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, h);
+    PyTuple_SET_ITEM(t, 1, p);
+    return t;
+}
+
+/* The scope's "server": the same for every request on a listener, so the last one is kept. */
+static PyObject *server_tuple(ph_pyserver_t *srv, const struct sockaddr_storage *ss)
+{
+    size_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (srv->server_addr && memcmp(&srv->server_sockaddr, ss, len) == 0)
+        return Py_NewRef(srv->server_addr);
+    PyObject *t = addr_tuple(ss);
+    if (t) {
+        Py_XSETREF(srv->server_addr, Py_NewRef(t));
+        memcpy(&srv->server_sockaddr, ss, sizeof(*ss));
+    }
+    return t;
 }
 
 /* ---- the request object: receive() / send() ---- */
@@ -1052,7 +1096,7 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
 {
     ph_state_t *st = srv->st;
     const ph_request_t *rq = &s->req;
-    PyObject *scope = PyDict_New();
+    PyObject *scope = _PyDict_NewPresized(16);
     if (scope == NULL)
         return NULL;
     PyObject *asgi = PyDict_New();
@@ -1143,7 +1187,7 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     }
     if (set_item(scope, st->k_headers, headers) < 0 ||
         PyDict_SetItem(scope, st->k_client, client ? client : Py_None) < 0 ||
-        set_item(scope, st->k_server, addr_tuple(s->local)) < 0 ||
+        set_item(scope, st->k_server, server_tuple(srv, s->local)) < 0 ||
         set_item(scope, st->k_extensions, PyDict_New()) < 0) {
         Py_XDECREF(method);
         Py_XDECREF(client);

@@ -51,6 +51,8 @@ typedef struct {
     PyObject *timer_handle;
     uint64_t timer_deadline;
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
+    PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
+    struct sockaddr_storage server_sockaddr;
     ph_req_t *reqs;          /* requests whose app has not returned (for shutdown) */
     size_t nreqs;
     int started, closed, loop_open;

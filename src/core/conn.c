@@ -213,10 +213,19 @@ void ph_conn_set_timeout(ph_conn_t *conn, uint64_t ms)
 {
     if (conn->closing)
         return;
-    if (ms == 0)
-        uv_timer_stop(&conn->timer);
-    else
+    if (ms == 0) {
+        conn->deadline = 0; /* an armed timer fires and finds nothing due */
+        return;
+    }
+    ph_loop_t *loop = conn->server->loop;
+    if (!loop->in_tick)
+        uv_update_time(&loop->uv); /* called from app code: the loop's clock may be stale */
+    conn->deadline = uv_now(&loop->uv) + ms;
+    if (!uv_is_active((uv_handle_t *)&conn->timer) || conn->armed > conn->deadline) {
         uv_timer_start(&conn->timer, on_timer, ms, 0);
+        conn->armed = conn->deadline;
+        ph_loop_touch(loop);
+    }
 }
 
 static void on_timer(uv_timer_t *t)
@@ -228,6 +237,15 @@ static void on_timer(uv_timer_t *t)
         close_now(conn); /* linger or flush took too long */
         return;
     }
+    if (conn->deadline == 0)
+        return;
+    uint64_t now = uv_now(&conn->server->loop->uv);
+    if (now < conn->deadline) {
+        uv_timer_start(&conn->timer, on_timer, conn->deadline - now, 0);
+        conn->armed = conn->deadline;
+        return;
+    }
+    conn->deadline = 0;
     conn->proto->on_timeout(conn);
 }
 

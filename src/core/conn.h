@@ -43,6 +43,8 @@ struct ph_conn_s {
     char *rbuf;
     size_t rstart, rlen, rcap;
     size_t wqueued; /* bytes handed to uv_write and not yet written */
+    uint64_t deadline; /* loop time (ms) of the protocol's timeout; 0 = none */
+    uint64_t armed;    /* when the timer is set to fire */
     unsigned reading : 1, want_read : 1, eof : 1, shutting : 1, close_after_flush : 1, linger : 1;
     int closing; /* handles still to close; non-zero once closing started */
     int is_unix;
@@ -68,7 +70,8 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs);
 /* Bytes queued and not yet written. */
 static inline size_t ph_conn_queued(const ph_conn_t *conn) { return conn->wqueued; }
 
-/* (Re)arms the connection timer; 0 stops it. */
+/* Sets the protocol's timeout to ms from now; 0 clears it. Cheap enough to call per request:
+ * the timer is only re-armed when the deadline moves earlier. */
 void ph_conn_set_timeout(ph_conn_t *conn, uint64_t ms);
 
 /* Flushes what is queued, then closes. With linger, the write side is shut down first and input

@@ -249,6 +249,7 @@ static int server_clear(ph_pyserver_t *srv)
     Py_CLEAR(srv->on_timer);
     Py_CLEAR(srv->timer_handle);
     Py_CLEAR(srv->ready);
+    Py_CLEAR(srv->server_addr);
     return 0;
 }
 
