@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -154,6 +155,13 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}" if port else "http://localhost"
         self.log_path = log_path
         self._log_file = open(log_path, "ab")
+        nofile = int(env.get("PRONGHORN_TEST_NOFILE", 0))
+
+        def preexec():
+            _die_with_parent()
+            if nofile:  # run the server with few descriptors (fd-exhaustion tests)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             argv,
             cwd=REPO,
@@ -162,7 +170,7 @@ class ServerProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             pass_fds=pass_fds,
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
         )
 
     @property

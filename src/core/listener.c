@@ -33,6 +33,16 @@ static void on_connection(uv_stream_t *s, int status)
         conn->peer.ss_family = AF_UNIX;
         conn->local.ss_family = AF_UNIX;
     }
+    size_t max = server->cfg.limit_max_connections;
+    if (max && server->nconns >= max) {
+        /* Over the limit: a last answer from a static buffer, then the socket goes at once. */
+        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n"
+                                   "content-length: 0\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
+        uv_try_write(&conn->h.stream, &b, 1);
+        uv_close(&conn->h.handle, (uv_close_cb)free);
+        return;
+    }
     if (ph_conn_start(conn) < 0 || server->on_conn(server, conn) < 0)
         ph_conn_abort(conn);
 }

@@ -134,16 +134,17 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
     ph_config_t *cfg = &srv->server.cfg;
     double ka, hdr, wr;
-    size_t line, nhdr, hdrsize, body, conc, hw;
+    size_t line, nhdr, hdrsize, body, conc, maxconn, hw;
     int sh, dh;
     if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
         opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
-        opt_double(opts, "timeout_write", 60.0, &wr) < 0 ||
+        opt_double(opts, "timeout_write", 30.0, &wr) < 0 ||
         opt_size(opts, "limit_request_line", 8190, &line) < 0 ||
         opt_size(opts, "limit_request_headers", 100, &nhdr) < 0 ||
         opt_size(opts, "limit_request_header_size", 65536, &hdrsize) < 0 ||
         opt_size(opts, "limit_request_body", 0, &body) < 0 ||
         opt_size(opts, "limit_concurrency", 0, &conc) < 0 ||
+        opt_size(opts, "limit_max_connections", 0, &maxconn) < 0 ||
         opt_size(opts, "write_high_water", 65536, &hw) < 0)
         goto fail;
     PyObject *v = PyDict_GetItemString(opts, "server_header");
@@ -160,6 +161,7 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     cfg->limit_request_header_size = hdrsize;
     cfg->limit_request_body = body;
     cfg->limit_concurrency = conc;
+    cfg->limit_max_connections = maxconn;
     cfg->server_header = sh;
     cfg->date_header = dh;
     cfg->write_high_water = hw;

@@ -23,6 +23,7 @@ typedef struct {
     size_t limit_request_header_size;   /* bytes of all names and values, 431 beyond */
     uint64_t limit_request_body;        /* bytes, 413 beyond; 0 = none */
     size_t limit_concurrency;           /* streams in flight, 503 beyond; 0 = none */
+    size_t limit_max_connections;       /* open connections, 503 and close beyond; 0 = none */
     int server_header;                  /* add "server: pronghorn" */
     int date_header;                    /* add "date: ..." */
     ph_slice_t extra_headers;           /* pre-serialised "name: value\r\n" lines, added to every response */

@@ -74,6 +74,14 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "--timeout-write",
+        "timeout_write",
+        "value",
+        "timeouts",
+        "drop a client that takes none of a pending response for SECONDS",
+        "SECONDS",
+    ),
+    Option(
         "--timeout-graceful-shutdown",
         "timeout_graceful_shutdown",
         "value",
@@ -87,6 +95,14 @@ OPTIONS: tuple[Option, ...] = (
         "value",
         "limits",
         "answer 503 beyond N concurrent requests (0 = unlimited)",
+        "N",
+    ),
+    Option(
+        "--limit-max-connections",
+        "limit_max_connections",
+        "value",
+        "limits",
+        "answer 503 and close beyond N open connections (0 = unlimited)",
         "N",
     ),
     Option(

@@ -225,8 +225,10 @@ class Config:
     loop: str = "auto"
     timeout_keep_alive: float = 5.0
     timeout_request_header: float = 10.0
+    timeout_write: float = 30.0
     timeout_graceful_shutdown: float | None = 30.0
     limit_concurrency: int = 0
+    limit_max_connections: int = 0
     limit_request_line: int = 8190
     limit_request_headers: int = 100
     limit_request_header_size: int = 65536
@@ -270,7 +272,11 @@ class Config:
                 "timeout_graceful_shutdown", g, allow_zero=True
             )
 
+        self.timeout_write = _as_seconds("timeout_write", self.timeout_write, allow_zero=False)
         self.limit_concurrency = _as_int("limit_concurrency", self.limit_concurrency, 0, _INT32_MAX)
+        self.limit_max_connections = _as_int(
+            "limit_max_connections", self.limit_max_connections, 0, _INT32_MAX
+        )
         self.limit_request_line = _as_int(
             "limit_request_line", self.limit_request_line, 1, _INT32_MAX
         )

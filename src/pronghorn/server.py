@@ -21,8 +21,6 @@ logger = logging.getLogger("pronghorn.error")
 
 # A send() waits for the socket once this much response is queued in user space.
 WRITE_HIGH_WATER = 65536
-# A client that takes no bytes of a pending response for this long is dropped.
-TIMEOUT_WRITE = 60.0
 
 
 def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
@@ -152,7 +150,8 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
     options = {
         "timeout_keep_alive": config.timeout_keep_alive,
         "timeout_request_header": config.timeout_request_header,
-        "timeout_write": TIMEOUT_WRITE,
+        "timeout_write": config.timeout_write,
+        "limit_max_connections": config.limit_max_connections,
         "limit_request_line": config.limit_request_line,
         "limit_request_headers": config.limit_request_headers,
         "limit_request_header_size": config.limit_request_header_size,

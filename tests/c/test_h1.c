@@ -48,6 +48,11 @@ static void test_malformed(void)
     expect("bad chunk", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
            1 << 20, "HTTP/1.1 200", 1, 1);
     CHECK(count(out, "HTTP/1.1") == 1);
+    expect("junk after chunk data",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"
+           "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+           1 << 20, "HTTP/1.1 200", 1, 1);
+    CHECK(strstr(out, "smuggled") == NULL && count(out, "HTTP/1.1") == 1);
     expect("obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 1 << 20,
            "HTTP/1.1 400", 1, 0);
     expect("obs-fold bytewise", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 1,
@@ -106,6 +111,7 @@ static void test_chunked_request_and_reply(void)
                       "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer-Field: x\r\n\r\n";
     int closed = harness_exchange(&h, req, strlen(req), 7, out, sizeof(out), &outlen);
     CHECK(!closed);
+    CHECK(strncmp(out, "HTTP/1.1 200", 12) == 0);
     CHECK(h.body_len == 5 && memcmp(h.body, "abcde", 5) == 0);
     CHECK(h.body_end == 1);
     CHECK(strstr(out, "transfer-encoding: chunked\r\n") != NULL);
