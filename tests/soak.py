@@ -1,0 +1,212 @@
+"""Memory soak: ~1,000,000 mixed requests against one server, RSS before and after.
+
+    .venv/bin/python tests/soak.py [--requests 1000000]
+
+Mix: keep-alive GETs and pipelined GETs (wrk), plus uploads, aborted uploads, client resets
+and malformed requests from raw sockets. Prints RSS after a warm-up and at the end; exits 1
+if it grew by more than --slack-mib. Not part of `make test` (it takes a few minutes); run by
+`make soak`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINE_LUA = """
+init = function(args)
+  local r = {}
+  for i = 1, 16 do r[i] = wrk.format(nil, "/id?n=p") end
+  req = table.concat(r)
+end
+request = function() return req end
+"""
+
+
+def rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(port: int, seconds: float, conns: int, script: str | None = None) -> int:
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:.0f}s", f"http://127.0.0.1:{port}/id?n=k"]
+    if script:
+        argv[1:1] = ["-s", script]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    return int(m.group(1)) if m else 0
+
+
+def raw_mix(port: int, n: int) -> int:
+    """Uploads, aborted uploads, client resets and malformed requests, one connection each."""
+    rnd = random.Random(1)
+    done = 0
+    body = os.urandom(32 * 1024)
+    for _ in range(n):
+        kind = rnd.randrange(4)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            if kind == 0:  # a whole upload, answered
+                s.sendall(
+                    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    + body
+                )
+                got = 0
+                while got < len(body):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+            elif kind == 1:  # an upload abandoned half way
+                s.sendall(
+                    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    + body[: len(body) // 2]
+                )
+            elif kind == 2:  # a reset in the middle of a chunked upload
+                s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+                s.sendall(b"1000\r\n" + body[:2000])
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:  # malformed: CL + TE
+                s.sendall(
+                    b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                )
+                s.recv(4096)
+        except OSError:
+            pass
+        finally:
+            s.close()
+        done += 1
+    return done
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=1_000_000)
+    ap.add_argument("--slack-mib", type=float, default=4.0)
+    ap.add_argument(
+        "--leak-check",
+        action="store_true",
+        help="run the ASan build (.venv-asan) with LeakSanitizer and fail on any leak whose "
+        "allocation stack passes through src/core",
+    )
+    args = ap.parse_args()
+
+    port = free_port()
+    env = dict(os.environ)
+    binary = REPO / ".venv/bin/pronghorn"
+    log = None
+    if args.leak_check:
+        binary = REPO / ".venv-asan/bin/pronghorn"
+        libasan = subprocess.run(
+            ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        env.update(
+            LD_PRELOAD=libasan,
+            PYTHONMALLOC="malloc",  # every object through malloc, so LSan sees refcount leaks
+            ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0:malloc_context_size=30",
+        )
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "basic:app",
+            "--app-dir",
+            str(REPO / "tests/apps"),
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(PIPELINE_LUA)
+            lua = f.name
+        total = wrk(port, 3, 64) + raw_mix(port, 2000)  # warm-up
+        before = rss(server.pid)
+        print(f"after warm-up ({total} requests): RSS {before / 2**20:.1f} MiB", flush=True)
+        target = args.requests
+        raw_share = max(1000, target // 50)
+        while total < target:
+            total += wrk(port, 5, 64)
+            total += wrk(port, 3, 32, lua)  # counts wrk's pipelined batches
+            total += raw_mix(port, min(raw_share // 10, 5000))
+            print(f"  {total} requests, RSS {rss(server.pid) / 2**20:.1f} MiB", flush=True)
+        after = rss(server.pid)
+        grew = (after - before) / 2**20
+        print(f"after {total} requests: RSS {after / 2**20:.1f} MiB (grew {grew:+.1f} MiB)")
+        os.unlink(lua)
+        ok = server.poll() is None and (args.leak_check or grew <= args.slack_mib)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    if log is not None:
+        log.seek(0)
+        text = log.read()
+        leaks = ours(text)
+        total = len(re.findall(r"(?:Direct|Indirect) leak of", text))
+        print(
+            f"LeakSanitizer: {total} leak report(s) at exit (the interpreter's own), "
+            f"{len(leaks)} with an allocation stack through src/core"
+        )
+        for leak in leaks[:5]:
+            print(leak)
+        ok = ok and not leaks
+    return 0 if ok else 1
+
+
+def ours(report: str) -> list[str]:
+    """The leak blocks whose allocation stack goes through our C, except the module's own
+    once-per-process state (interned strings, types), which lives until exit by design."""
+    blocks = re.split(r"\n(?=(?:Direct|Indirect) leak of)", report)
+    return [
+        b
+        for b in blocks
+        if re.match(r"(Direct|Indirect) leak of", b)
+        and "src/core/" in b
+        and "module_exec" not in b
+        and "ph_asgi_init_types" not in b
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
