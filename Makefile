@@ -107,7 +107,7 @@ soak: build
 	$(BIN)/python tests/soak.py --requests 1000000
 
 leak-check: $(ASAN_STAMP)
-	$(BIN)/python tests/soak.py --requests 50000 --leak-check
+	$(BIN)/python tests/soak.py --requests 20000 --leak-check
 
 # ---- fuzzing ----------------------------------------------------------------------------------
 # libFuzzer targets (clang); `make fuzz FUZZ_SECONDS=60` runs each for that long from the seed
