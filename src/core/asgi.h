@@ -22,15 +22,14 @@ typedef struct {
     /* keys */
     PyObject *k_type, *k_asgi, *k_version, *k_spec_version, *k_http_version, *k_method, *k_scheme,
         *k_path, *k_raw_path, *k_query_string, *k_root_path, *k_headers, *k_client, *k_server,
-        *k_state, *k_extensions, *k_body, *k_more_body, *k_status, *k_trailers;
+        *k_state, *k_extensions, *k_body, *k_more_body, *k_status;
     /* values */
     PyObject *v_http, *v_https, *v_3_0, *v_2_4, *v_1_0, *v_1_1, *v_http_request,
         *v_http_disconnect, *v_http_response_start, *v_http_response_body;
     /* methods and attributes */
     PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
         *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_context,
-        *s_callback, *s_pop, *s_ready, *s_await, *s_cr_running, *s_cr_frame, *s_cr_await,
-        *s_cr_code, *s_cr_suspended;
+        *s_callback, *s_pop, *s_ready, *s_await;
     PyObject *methods[8]; /* GET HEAD POST PUT DELETE PATCH OPTIONS TRACE */
     PyObject *kw_loop, *kw_loop_eager;
 } ph_state_t;
@@ -41,7 +40,7 @@ typedef struct {
     ph_loop_t loop;
     ph_server_t server;
     ph_listener_t *listeners;
-    size_t nlisteners, listeners_open;
+    size_t nlisteners;
     PyObject *app, *aloop, *state, *root_path, *root_path_bytes;
     PyObject *ready;      /* the asyncio loop's ready deque, for eager starts on 3.10/3.11 */
     PyObject *access_log; /* callable(client, method, path, version, status, bytes, seconds) */

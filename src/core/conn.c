@@ -27,7 +27,6 @@ int ph_conn_start(ph_conn_t *conn)
     conn->wqueued = 0;
     conn->reading = conn->eof = conn->closing = conn->shutting = 0;
     conn->close_after_flush = conn->linger = 0;
-    conn->want_read = 1;
     conn->h.handle.data = conn;
     uv_timer_init(&server->loop->uv, &conn->timer);
     conn->timer.data = conn;
@@ -111,7 +110,6 @@ void ph_conn_consume(ph_conn_t *conn, size_t n)
 
 void ph_conn_pause(ph_conn_t *conn)
 {
-    conn->want_read = 0;
     if (conn->reading && !conn->shutting && !conn->close_after_flush) {
         uv_read_stop(&conn->h.stream);
         conn->reading = 0;
@@ -120,7 +118,6 @@ void ph_conn_pause(ph_conn_t *conn)
 
 void ph_conn_resume(ph_conn_t *conn)
 {
-    conn->want_read = 1;
     if (!conn->reading && !conn->eof && !conn->closing) {
         if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0)
             conn->reading = 1;

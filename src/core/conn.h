@@ -45,7 +45,7 @@ struct ph_conn_s {
     size_t wqueued; /* bytes handed to uv_write and not yet written */
     uint64_t deadline; /* loop time (ms) of the protocol's timeout; 0 = none */
     uint64_t armed;    /* when the timer is set to fire */
-    unsigned reading : 1, want_read : 1, eof : 1, shutting : 1, close_after_flush : 1, linger : 1;
+    unsigned reading : 1, eof : 1, shutting : 1, close_after_flush : 1, linger : 1;
     int closing; /* handles still to close; non-zero once closing started */
     int is_unix;
     struct sockaddr_storage peer, local;

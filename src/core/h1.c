@@ -659,10 +659,14 @@ static void process(h1_t *h)
 
 static void write_simple(h1_t *h, int status, const char *text)
 {
-    char head[256];
+    char head[256], body[200];
     size_t tl = text ? strlen(text) : 0;
+    size_t bl = tl < sizeof(body) - 1 ? tl : sizeof(body) - 1;
+    if (bl)
+        memcpy(body, text, bl);
+    body[bl] = '\n';
     char len[24];
-    size_t ll = ph_u64toa(tl + 1, len);
+    size_t ll = ph_u64toa(bl + 1, len);
     const char *reason = ph_status_reason(status);
     size_t n = 0;
     memcpy(head + n, "HTTP/1.1 ", 9);
@@ -695,11 +699,6 @@ static void write_simple(h1_t *h, int status, const char *text)
     } else {
         bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
     }
-    char body[200];
-    size_t bl = tl < sizeof(body) - 1 ? tl : sizeof(body) - 2;
-    if (bl)
-        memcpy(body, text, bl);
-    body[bl] = '\n';
     bufs[nb++] = uv_buf_init(body, (unsigned)(bl + 1));
     ph_conn_write(h->conn, bufs, nb);
 }

@@ -327,7 +327,6 @@ static PyObject *server_start(ph_pyserver_t *srv, PyObject *unused)
             PyErr_Format(PyExc_OSError, "cannot listen on fd %d: %s", l->fd, uv_strerror(rv));
             return NULL;
         }
-        srv->listeners_open++;
     }
     srv->tick = PyObject_GetAttrString((PyObject *)srv, "_tick");
     srv->on_timer = PyObject_GetAttrString((PyObject *)srv, "_on_timer");
@@ -497,7 +496,6 @@ static int module_exec(PyObject *m)
     INTERN(k_body, "body");
     INTERN(k_more_body, "more_body");
     INTERN(k_status, "status");
-    INTERN(k_trailers, "trailers");
     INTERN(v_http, "http");
     INTERN(v_https, "https");
     INTERN(v_3_0, "3.0");
