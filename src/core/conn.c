@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RBUF_INITIAL 16384
 #define LINGER_MS 2000
 
 typedef struct {
@@ -52,8 +51,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)suggested;
     ph_conn_t *conn = h->data;
     if (conn->rbuf == NULL) {
-        conn->rbuf = malloc(RBUF_INITIAL);
-        conn->rcap = conn->rbuf ? RBUF_INITIAL : 0;
+        conn->rbuf = ph_pool_get(&conn->server->rbufs, PH_RBUF_SIZE);
+        conn->rcap = conn->rbuf ? PH_RBUF_SIZE : 0;
     }
     if (conn->rstart == conn->rlen) {
         conn->rstart = conn->rlen = 0;
@@ -101,11 +100,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn->proto->on_read(conn);
 }
 
+static void release_rbuf(ph_conn_t *conn)
+{
+    if (conn->rcap == PH_RBUF_SIZE)
+        ph_pool_put(&conn->server->rbufs, conn->rbuf);
+    else
+        free(conn->rbuf);
+    conn->rbuf = NULL;
+    conn->rcap = 0;
+}
+
 void ph_conn_consume(ph_conn_t *conn, size_t n)
 {
     conn->rstart += n;
-    if (conn->rstart == conn->rlen)
+    if (conn->rstart == conn->rlen) {
+        /* Nothing buffered: the buffer goes back to the pool until the next read. */
         conn->rstart = conn->rlen = 0;
+        release_rbuf(conn);
+    }
 }
 
 void ph_conn_pause(ph_conn_t *conn)
@@ -288,7 +300,7 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     if (conn->proto && conn->proto->on_free)
         conn->proto->on_free(conn);
-    free(conn->rbuf);
+    release_rbuf(conn);
     free(conn);
 }
 

@@ -8,6 +8,9 @@
 /* Unconsumed pipelined input beyond this pauses reading until the current exchange is done. */
 #define PIPELINE_BUFFER_MAX 65536
 
+/* Header slots in the first pooled arrays (their bytes must fit PH_BLOCK_SIZE). */
+#define HEADERS_FIRST 32
+
 enum { EV_NONE, EV_HEADERS, EV_MESSAGE, EV_CHUNK };
 enum { RESP_NONE, RESP_STARTED, RESP_BODY, RESP_DONE };
 
@@ -28,6 +31,7 @@ typedef struct {
     hdr_pos_t *pos;
     ph_header_t *headers;
     size_t nheaders, headers_cap;
+    size_t pos_bytes, headers_bytes; /* allocated sizes of pos and headers */
     size_t url_len;
     size_t head_bytes;
     int last_was_value;
@@ -66,11 +70,19 @@ static void fail(h1_t *h, int status, const char *text);
 
 /* ---- small buffers ---- */
 
-static int reserve(char **buf, size_t *cap, size_t len, size_t more)
+/* Per-request buffers start as pooled blocks and grow with realloc when a request needs more. */
+static int reserve(h1_t *h, char **buf, size_t *cap, size_t len, size_t more)
 {
     if (len + more <= *cap)
         return 0;
-    size_t ncap = *cap ? *cap : 1024;
+    if (*buf == NULL && len + more <= PH_BLOCK_SIZE) {
+        *buf = ph_pool_get(&h->server->blocks, PH_BLOCK_SIZE);
+        if (*buf == NULL)
+            return PH_ENOMEM;
+        *cap = PH_BLOCK_SIZE;
+        return 0;
+    }
+    size_t ncap = *cap ? *cap : PH_BLOCK_SIZE;
     while (ncap < len + more)
         ncap *= 2;
     char *nb = realloc(*buf, ncap);
@@ -81,9 +93,29 @@ static int reserve(char **buf, size_t *cap, size_t len, size_t more)
     return 0;
 }
 
+static void release(h1_t *h, void **buf, size_t *cap)
+{
+    if (*cap == PH_BLOCK_SIZE)
+        ph_pool_put(&h->server->blocks, *buf);
+    else
+        free(*buf);
+    *buf = NULL;
+    *cap = 0;
+}
+
+/* The connection is idle: its per-request buffers go back to the pool. */
+static void release_buffers(h1_t *h)
+{
+    release(h, (void **)&h->arena, &h->arena_cap);
+    release(h, (void **)&h->obuf, &h->ocap);
+    release(h, (void **)&h->pos, &h->pos_bytes);
+    release(h, (void **)&h->headers, &h->headers_bytes);
+    h->headers_cap = 0;
+}
+
 static int arena_add(h1_t *h, const char *p, size_t n, int lower)
 {
-    if (reserve(&h->arena, &h->arena_cap, h->arena_len, n) < 0)
+    if (reserve(h, &h->arena, &h->arena_cap, h->arena_len, n) < 0)
         return -1;
     char *d = h->arena + h->arena_len;
     if (lower) {
@@ -100,7 +132,7 @@ static int arena_add(h1_t *h, const char *p, size_t n, int lower)
 
 static int out_add(h1_t *h, const char *p, size_t n)
 {
-    if (reserve(&h->obuf, &h->ocap, h->olen, n) < 0)
+    if (reserve(h, &h->obuf, &h->ocap, h->olen, n) < 0)
         return PH_ENOMEM;
     memcpy(h->obuf + h->olen, p, n);
     h->olen += n;
@@ -178,15 +210,12 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
         if (h->nheaders >= cfg->limit_request_headers)
             return user_error(h, 431, "Too many request header fields");
         if (h->nheaders == h->headers_cap) {
-            size_t ncap = h->headers_cap ? h->headers_cap * 2 : 16;
-            hdr_pos_t *np = realloc(h->pos, ncap * sizeof(*np));
-            if (np == NULL)
+            /* The first arrays are pooled blocks; more headers than fit come from realloc. */
+            size_t ncap = h->headers_cap ? h->headers_cap * 2 : HEADERS_FIRST;
+            if (reserve(h, (char **)&h->pos, &h->pos_bytes, 0, ncap * sizeof(*h->pos)) < 0 ||
+                reserve(h, (char **)&h->headers, &h->headers_bytes, 0,
+                        ncap * sizeof(*h->headers)) < 0)
                 return user_error(h, 500, "Out of memory");
-            h->pos = np;
-            ph_header_t *nh = realloc(h->headers, ncap * sizeof(*nh));
-            if (nh == NULL)
-                return user_error(h, 500, "Out of memory");
-            h->headers = nh;
             h->headers_cap = ncap;
         }
         hdr_pos_t *hp = &h->pos[h->nheaders++];
@@ -438,6 +467,8 @@ static void finish_exchange(h1_t *h)
     h->continue_sent = 0;
     ph_conn_set_timeout(h->conn, h->server->cfg.timeout_keep_alive_ms);
     ph_conn_resume(h->conn);
+    if (h->conn->rlen == h->conn->rstart)
+        release_buffers(h); /* idle: hold no per-request memory while waiting */
     if (h->conn->rlen > h->conn->rstart) {
         if (h->processing)
             return; /* the loop in process() goes on */
@@ -1010,10 +1041,7 @@ static void on_close(ph_conn_t *conn)
 static void on_free(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
-    free(h->arena);
-    free(h->pos);
-    free(h->headers);
-    free(h->obuf);
+    release_buffers(h);
     free(h);
 }
 

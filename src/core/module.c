@@ -269,6 +269,7 @@ static void close_loop(ph_pyserver_t *srv)
     for (size_t i = 0; i < srv->nlisteners; i++)
         ph_listener_close(&srv->listeners[i], NULL);
     ph_loop_close(&srv->loop);
+    ph_server_clear_pools(&srv->server);
 }
 
 static void server_dealloc(ph_pyserver_t *srv)

@@ -14,6 +14,9 @@ typedef struct ph_conn_s ph_conn_t;
 typedef struct ph_stream_s ph_stream_t;
 typedef struct ph_server_s ph_server_t;
 
+#define PH_RBUF_SIZE 16384
+#define PH_BLOCK_SIZE 2048
+
 typedef struct {
     uint64_t timeout_keep_alive_ms;     /* idle between requests; 0 = none */
     uint64_t timeout_request_header_ms; /* from the first byte of a request to its last header */
@@ -43,6 +46,15 @@ struct ph_server_s {
     size_t nconns;
     size_t nstreams; /* streams handed to the bridge and not yet released */
     int draining;    /* shutting down: finish what is in flight, take nothing new */
+    ph_pool_t rbufs;  /* connections' read buffers (PH_RBUF_SIZE), taken while there is input */
+    ph_pool_t blocks; /* protocols' per-request buffers (PH_BLOCK_SIZE), taken while busy */
 };
+
+/* Frees the pools (after every connection is gone). */
+static inline void ph_server_clear_pools(ph_server_t *server)
+{
+    ph_pool_clear(&server->rbufs);
+    ph_pool_clear(&server->blocks);
+}
 
 #endif

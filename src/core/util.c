@@ -1,5 +1,6 @@
 #include "util.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* RFC 9110 tchar: "!#$%&'*+-.^_`|~" DIGIT ALPHA */
@@ -209,4 +210,37 @@ double ph_monotonic(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void *ph_pool_get(ph_pool_t *pool, size_t size)
+{
+    void *b = pool->head;
+    if (b == NULL)
+        return malloc(size);
+    pool->head = *(void **)b;
+    pool->count--;
+    return b;
+}
+
+void ph_pool_put(ph_pool_t *pool, void *block)
+{
+    if (block == NULL)
+        return;
+    if (pool->count >= PH_POOL_MAX) {
+        free(block);
+        return;
+    }
+    *(void **)block = pool->head;
+    pool->head = block;
+    pool->count++;
+}
+
+void ph_pool_clear(ph_pool_t *pool)
+{
+    while (pool->head) {
+        void *next = *(void **)pool->head;
+        free(pool->head);
+        pool->head = next;
+    }
+    pool->count = 0;
 }

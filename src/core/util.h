@@ -52,6 +52,22 @@ const char *ph_status_reason(int status);
 /* Percent-decodes [src, src+n) into dst (room for n bytes); returns the decoded length. */
 size_t ph_percent_decode(const char *src, size_t n, char *dst);
 
+/* A free list of equal-sized heap blocks. Per-connection buffers go back to a shared pool while
+ * their connection is idle: no malloc per request, and little memory held per idle connection.
+ * A zeroed pool is ready; it keeps at most PH_POOL_MAX blocks and frees the rest. */
+typedef struct {
+    void *head;
+    size_t count;
+} ph_pool_t;
+#define PH_POOL_MAX 512
+
+/* A block of size bytes (the pool's only size), or NULL when out of memory. */
+void *ph_pool_get(ph_pool_t *pool, size_t size);
+/* Returns a block from ph_pool_get(); NULL is ignored. */
+void ph_pool_put(ph_pool_t *pool, void *block);
+/* Frees every pooled block. */
+void ph_pool_clear(ph_pool_t *pool);
+
 /* Monotonic seconds, for durations. */
 double ph_monotonic(void);
 

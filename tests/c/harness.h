@@ -188,6 +188,7 @@ static void harness_free(harness_t *h)
         c = next;
     }
     ph_loop_close(&h->loop);
+    ph_server_clear_pools(&h->server);
 }
 
 #endif
