@@ -1,0 +1,73 @@
+"""The benchmark's ASGI app, served unchanged by every ASGI server.
+
+Routes (anything else is 404):
+  GET  /        13-byte "Hello, world!"
+  GET  /10k     10,240-byte body
+  POST /echo    the request body, echoed back
+  GET  /sleep   "Hello, world!" after ``asyncio.sleep(0.01)``
+
+Plain ASGI 3 with no framework, so the figures measure the server and not the app.
+"""
+
+import asyncio
+
+from bodies import BODY_10K, HELLO
+
+
+def _start(body):
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ],
+    }
+
+
+HELLO_START = _start(HELLO)
+HELLO_BODY = {"type": "http.response.body", "body": HELLO}
+BIG_START = _start(BODY_10K)
+BIG_BODY = {"type": "http.response.body", "body": BODY_10K}
+NOT_FOUND_START = {
+    "type": "http.response.start",
+    "status": 404,
+    "headers": [(b"content-length", b"0")],
+}
+EMPTY_BODY = {"type": "http.response.body", "body": b""}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        path = scope["path"]
+        if path == "/":
+            await send(HELLO_START)
+            await send(HELLO_BODY)
+        elif path == "/10k":
+            await send(BIG_START)
+            await send(BIG_BODY)
+        elif path == "/echo":
+            chunks = []
+            more = True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            await send(_start(body))
+            await send({"type": "http.response.body", "body": body})
+        elif path == "/sleep":
+            await asyncio.sleep(0.01)
+            await send(HELLO_START)
+            await send(HELLO_BODY)
+        else:
+            await send(NOT_FOUND_START)
+            await send(EMPTY_BODY)
+    elif scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return

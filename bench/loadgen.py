@@ -1,0 +1,238 @@
+"""Load generators, each pinned to CLIENT_CPU: wrk, h2load, oha and the idle-connection holder.
+
+Every runner returns a dict with at least "rps", "errors" (socket errors, timeouts, failed
+requests) and "non2xx" (answers that were not 2xx); a run with either above zero is flagged and
+does not count as a result.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from servers import BENCH, CLIENT_CPU
+
+WRK_LUA = BENCH / "lua" / "wrk.lua"
+IDLE = BENCH / "idle.py"
+TOOLS_BIN = BENCH / ".tools" / "bin"
+
+
+class ToolError(RuntimeError):
+    """The load generator itself failed (not the server under test)."""
+
+
+def find_tool(name):
+    """A tool from bench/.tools/bin (where `make bench` installs oha) or from PATH."""
+    local = TOOLS_BIN / name
+    if local.exists():
+        return str(local)
+    return shutil.which(name)
+
+
+def tool_version(name):
+    exe = find_tool(name)
+    if not exe:
+        return "not installed"
+    flag = {"wrk": "-v", "h2load": "--version", "oha": "--version"}[name]
+    out = subprocess.run([exe, flag], capture_output=True, text=True)
+    text = (out.stdout + out.stderr).strip()
+    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", text)
+    return m.group(1) if m else text.splitlines()[0] if text else "unknown"
+
+
+def _pinned(argv):
+    return ["taskset", "-c", CLIENT_CPU, *argv]
+
+
+def _run(argv, timeout, env=None):
+    try:
+        out = subprocess.run(
+            _pinned(argv), capture_output=True, text=True, timeout=timeout, env=env
+        )
+    except subprocess.TimeoutExpired as e:
+        raise ToolError(f"{argv[0]} did not finish within {timeout:.0f}s") from e
+    return out
+
+
+def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0):
+    """Closed-loop HTTP/1.1 load; depth > 1 pipelines, pace_ms > 0 waits before each request."""
+    exe = find_tool("wrk")
+    if not exe:
+        raise ToolError("wrk not installed")
+    env = dict(os.environ, BENCH_WRK_DELAY="1" if pace_ms else "0")
+    argv = [
+        exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
+        "-s", str(WRK_LUA), url, "--", str(depth), method, str(body), str(pace_ms),
+    ]  # fmt: skip
+    out = _run(argv, timeout=seconds + 60, env=env)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise ToolError(f"wrk gave no result: {(out.stderr or out.stdout).strip()[:300]}")
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    secs = raw["duration_us"] / 1e6
+    lat = raw["latency_us"]
+    return {
+        "rps": raw["requests"] / secs if secs else 0.0,
+        "requests": raw["requests"],
+        "errors": raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
+        "non2xx": raw["status"],
+        "p50_ms": lat["50"] / 1000,
+        "p99_ms": lat["99"] / 1000,
+        "p999_ms": lat["99.9"] / 1000,
+        "raw": raw,
+    }
+
+
+def h2load(url, conns, streams, seconds, warmup):
+    """HTTP/2 over cleartext (prior knowledge): conns connections, streams in flight on each."""
+    exe = find_tool("h2load")
+    if not exe:
+        raise ToolError("h2load not installed (Debian package nghttp2-client)")
+    argv = [
+        exe, "-t1", f"-c{conns}", f"-m{streams}", "-D", str(seconds),
+        "--warm-up-time", str(warmup), url,
+    ]  # fmt: skip
+    out = _run(argv, timeout=seconds + warmup + 60)
+    text = out.stdout
+    fin = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if not (fin and req and codes):
+        raise ToolError(f"h2load gave no result: {(out.stderr or text).strip()[:300]}")
+    total, _, done, ok, failed, errored, timeout = map(int, req.groups())
+    c2, c3, c4, c5 = map(int, codes.groups())
+    return {
+        "rps": float(fin.group(3)),
+        "requests": done,
+        "errors": failed + errored + timeout if done else max(1, failed + errored + timeout),
+        "non2xx": c3 + c4 + c5,
+        "raw": {"total": total, "succeeded": ok, "failed": failed, "errored": errored},
+    }
+
+
+def h2_probe(url):
+    """True if the server answers prior-knowledge HTTP/2 (h2c) requests."""
+    exe = find_tool("h2load")
+    if not exe:
+        return False
+    try:
+        out = _run([exe, "-n4", "-c1", url], timeout=15)
+    except ToolError:
+        return False
+    return "4 succeeded" in out.stdout
+
+
+def oha(url, conns, rate, seconds):
+    """Open-loop load at a fixed rate; latency is corrected for coordinated omission."""
+    exe = find_tool("oha")
+    if not exe:
+        raise ToolError("oha not installed")
+    argv = [
+        exe, "-z", f"{seconds}s", "-q", str(rate), "-c", str(conns), "--worker-threads", "1",
+        "--latency-correction", "--wait-ongoing-requests-after-deadline",
+        "--no-tui", "--output-format", "json", url,
+    ]  # fmt: skip
+    out = _run(argv, timeout=seconds + 60)
+    try:
+        raw = json.loads(out.stdout)
+    except json.JSONDecodeError as e:
+        raise ToolError(f"oha gave no result: {(out.stderr or out.stdout).strip()[:300]}") from e
+    summary = raw["summary"]
+    pct = raw.get("latencyPercentiles", {})
+    codes = {int(k): v for k, v in raw.get("statusCodeDistribution", {}).items()}
+    ok = sum(v for k, v in codes.items() if 200 <= k < 300)
+    errors = sum(raw.get("errorDistribution", {}).values())
+    total_secs = summary.get("total") or seconds
+
+    def ms(key):
+        v = pct.get(key)
+        return v * 1000 if v is not None else None
+
+    return {
+        "rps": ok / total_secs,
+        "requests": ok,
+        "errors": errors,
+        "non2xx": sum(codes.values()) - ok,
+        "p50_ms": ms("p50"),
+        "p99_ms": ms("p99"),
+        "p999_ms": ms("p99.9"),
+        "raw": {
+            "summary": summary,
+            "latencyPercentiles": pct,
+            "statusCodeDistribution": raw.get("statusCodeDistribution", {}),
+            "errorDistribution": raw.get("errorDistribution", {}),
+        },
+    }
+
+
+def paced_wrk(url, conns, rate, seconds):
+    """The smoke run's stand-in for oha: wrk paced to about `rate` req/s (closed loop, so its
+    latency is not corrected for coordinated omission; a smoke check, not a result)."""
+    pace_ms = max(1, round(conns * 1000 / rate))
+    result = wrk(url, conns, seconds, pace_ms=pace_ms)
+    result["tool"] = f"wrk paced ({pace_ms} ms/conn)"
+    return result
+
+
+class IdleHolder:
+    """bench/idle.py in a subprocess: opens n keep-alive connections, sends one request on
+    each, then holds them idle until released."""
+
+    def __init__(self, host, port, n):
+        self.proc = subprocess.Popen(
+            _pinned([sys.executable, str(IDLE), host, str(port), str(n)]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _line(self, timeout):
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if sel.select(timeout=0.5):
+                    line = self.proc.stdout.readline()
+                    if not line:
+                        break
+                    return json.loads(line)
+        finally:
+            sel.close()
+        self.close()
+        err = self.proc.stderr.read()[-300:] if self.proc.stderr else ""
+        raise ToolError(f"idle holder gave no answer: {err.strip()}")
+
+    def ready(self, timeout=120):
+        """{"ok": connections answered, "failed": ..., "seconds": ...} once all are idle."""
+        return self._line(timeout)
+
+    def release(self, timeout=60):
+        """Check how many connections the server kept open, then close them all."""
+        self.proc.stdin.write("check\n")
+        self.proc.stdin.flush()
+        result = self._line(timeout)
+        self.close()
+        return result
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

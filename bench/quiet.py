@@ -1,0 +1,89 @@
+"""Is anything else using the CPUs? The benchmark shares its machine with other work (builds,
+test suites), and on two cores any of it lands on the server's or the client's core.
+
+`Watch` brackets a measurement: it reads the CPU time of every process from /proc at both
+ends, leaving out the benchmark's own (this process, its children, the server's process group)
+and kernel threads. A process's time includes what its reaped children used (cutime/cstime),
+so a build's short-lived compiler processes are counted through the make or ninja that waits
+for them. A measurement with more than FOREIGN_LIMIT of a core of such work is flagged
+"disturbed" and repeated; so is one during which the hypervisor stole more than STEAL_LIMIT
+(on a virtual machine, /proc/stat's steal column: other guests on the same host).
+"""
+
+import os
+import time
+from pathlib import Path
+
+HZ = os.sysconf("SC_CLK_TCK")
+FOREIGN_LIMIT = 0.05  # cores: 5% of one core, averaged over the measurement
+STEAL_LIMIT = 0.1  # cores the hypervisor took away (other guests on the same host)
+
+
+def _processes():
+    """{pid: (ppid, pgrp, cpu seconds incl. reaped children)} for every process."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2 :].split()
+        # f[1] ppid, f[2] pgrp, f[11..14] utime stime cutime cstime
+        procs[int(entry)] = (int(f[1]), int(f[2]), sum(int(x) for x in f[11:15]) / HZ)
+    return procs
+
+
+def _foreign(procs, server_pgid):
+    me = os.getpid()
+    out = {}
+    for pid, (ppid, pgrp, cpu) in procs.items():
+        if pid in (me, 2) or ppid in (me, 2) or pgrp == server_pgid:
+            continue  # ours, or a kernel thread
+        out[pid] = cpu
+    return out
+
+
+def _steal():
+    """CPU time the hypervisor gave to someone else (all CPUs), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / HZ if len(fields) > 8 else 0.0
+
+
+class Watch:
+    """Foreign CPU use and hypervisor steal, in cores, over the lifetime of the `with` block."""
+
+    def __init__(self, server_pgid):
+        self.pgid = server_pgid
+        self.foreign = 0.0
+        self.steal = 0.0
+
+    def __enter__(self):
+        self.t0 = time.monotonic()
+        self.steal0 = _steal()
+        self.before = _foreign(_processes(), self.pgid)
+        return self
+
+    def __exit__(self, *exc):
+        after = _foreign(_processes(), self.pgid)
+        wall = max(time.monotonic() - self.t0, 1e-3)
+        used = sum(cpu - self.before.get(pid, 0.0) for pid, cpu in after.items())
+        self.foreign = max(0.0, used) / wall
+        self.steal = (_steal() - self.steal0) / wall
+        return False
+
+    @property
+    def disturbed(self):
+        return self.foreign > FOREIGN_LIMIT or self.steal > STEAL_LIMIT
+
+
+def wait_quiet(max_seconds, limit=FOREIGN_LIMIT):
+    """Wait, at most max_seconds, for a second in which other processes use less than `limit`
+    of a core. Returns the last reading."""
+    deadline = time.monotonic() + max_seconds
+    while True:
+        with Watch(server_pgid=-1) as w:
+            time.sleep(1.0)
+        if w.foreign < limit or time.monotonic() >= deadline:
+            return w.foreign

@@ -1,0 +1,454 @@
+"""Turn the samples into results: medians and spreads, ratios, targets, Markdown and charts."""
+
+import statistics
+from dataclasses import asdict
+
+UNITS = {"rps": "req/s", "latency": "ms (p99)", "rss": "KiB per conn"}
+TOOLS = {
+    "wrk": "wrk",
+    "h2load": "h2load",
+    "oha": "oha --latency-correction",
+    "idle": "bench/idle.py + /proc RSS",
+}
+
+# (label, scenario, peer or None, kind, threshold)
+TARGETS = [
+    ("pronghorn ≥ 1.5× granian, scenario 1", "hello", "granian", "ratio", 1.5),
+    ("pronghorn ≥ 3× uvicorn, scenario 1", "hello", "uvicorn", "ratio", 3.0),
+    ("pronghorn ≥ 0.8× nginx, scenario 1", "hello", "nginx", "ratio", 0.8),
+    ("p99 < 2 ms at 20,000 req/s, zero errors", "rate20k", None, "p99", 2.0),
+    ("≤ 4 KiB RSS per idle connection", "idle_rss", None, "rss", 4.0),
+]
+
+
+def describe_sample(sc, label, r):
+    """One progress line for the log."""
+    head = f"[{r['round']}] {sc.key:<11} {label:<10} {r.get('elapsed_s', 0):4.0f}s"
+    if "failed" in r:
+        return f"{head} FAILED: {r['failed']}"
+    flag = ""
+    if r.get("disturbed"):
+        flag = (
+            f"  !! disturbed: other processes {r['foreign_cpu']:.2f}, steal "
+            f"{r.get('steal_cpu', 0):.2f} cores (not counted)"
+        )
+    elif r.get("requests") == 0:
+        flag = "  !! no request completed (not counted)"
+    elif not r["valid"]:
+        flag = f"  !! errors={r['errors']} non2xx={r['non2xx']} (not counted)"
+    if sc.metric == "latency":
+        return (
+            f"{head} p50 {_ms(r['p50_ms'])} p99 {_ms(r['p99_ms'])} p99.9 {_ms(r['p999_ms'])} ms"
+            f" at {r['rps']:,.0f} req/s{flag}"
+        )
+    if sc.metric == "rss":
+        return (
+            f"{head} {r['value']:.2f} KiB/conn ({r['rss_before_kib'] / 1024:.1f} → "
+            f"{r['rss_after_kib'] / 1024:.1f} MiB, {r['conns']} conns in "
+            f"{r['connect_seconds']:.1f}s){flag}"
+        )
+    return f"{head} {r['rps']:,.0f} req/s{flag}"
+
+
+def _ms(v):
+    return "?" if v is None else f"{v:.2f}"
+
+
+def _stats(values):
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def build(meta, scenarios, servers, samples, notes):
+    """The results document: what the JSON file holds and the table and charts are made of."""
+    out = {"meta": meta, "scenarios": [], "targets": []}
+    for sc in scenarios:
+        rows = []
+        for s in servers:
+            if s.kind not in sc.kinds:
+                continue
+            got = samples[sc.key][s.id]
+            for x in got:  # nothing answered in time: no figure, even without an error
+                if x.get("requests") == 0:
+                    x["valid"] = False
+            row = {"server": s.label, "id": s.id, "samples": got}
+            valid = [x for x in got if x["valid"]]
+            row["runs"] = len({x["round"] for x in got})
+            row["valid_runs"] = len(valid)
+            row["flags"] = [_flag(x) for x in got if not x["valid"]]
+            if not got:
+                row["status"] = notes[sc.key].get(s.id, "not run")
+            elif not valid:
+                row["status"] = "no valid run"
+            else:
+                row["status"] = "ok"
+                row["value"] = _stats([x["value"] for x in valid])
+                row["rps"] = _stats([x["rps"] for x in valid if "rps" in x])
+                if sc.metric == "latency":
+                    for k in ("p50_ms", "p99_ms", "p999_ms"):
+                        row[k] = _stats([x[k] for x in valid if x.get(k) is not None])
+                    row["tool"] = valid[0].get("tool", TOOLS["oha"])
+                if sc.metric == "rss":
+                    row["rss_before_kib"] = _stats([x["rss_before_kib"] for x in valid])
+                    row["rss_after_kib"] = _stats([x["rss_after_kib"] for x in valid])
+            rows.append(row)
+        entry = asdict(sc)
+        entry.update(unit=UNITS[sc.metric], tool=TOOLS[sc.tool], rows=rows)
+        out["scenarios"].append(entry)
+    _ratios(out)
+    out["targets"] = _targets(out)
+    return out
+
+
+def _flag(x):
+    if "failed" in x:
+        return f"round {x['round']}: {x['failed']}"
+    if x.get("requests") == 0:
+        return f"round {x['round']}: no request completed within the measurement"
+    if x.get("disturbed"):
+        return (
+            f"round {x['round']}: disturbed (other work {x['foreign_cpu']:.2f}, steal "
+            f"{x.get('steal_cpu', 0):.2f} cores)"
+        )
+    raw = x.get("raw", {})
+    detail = ""
+    if isinstance(raw, dict) and "connect" in raw:
+        parts = [f"{k} {raw[k]}" for k in ("connect", "read", "write", "timeout", "status")]
+        detail = " (" + ", ".join(p for p in parts if not p.endswith(" 0")) + ")"
+    elif isinstance(raw, dict) and raw.get("errorDistribution"):
+        detail = " (" + ", ".join(f"{k}: {v}" for k, v in raw["errorDistribution"].items()) + ")"
+    return f"round {x['round']}: {x['errors']} errors, {x['non2xx']} non-2xx{detail}"
+
+
+def _median(row, key="value"):
+    v = row.get(key)
+    return v["median"] if v else None
+
+
+def _ratios(out):
+    """pronghorn against each row, and each row against nginx (the ceiling)."""
+    by_key = {sc["key"]: sc for sc in out["scenarios"]}
+    for sc in out["scenarios"]:
+        ph = next((r for r in sc["rows"] if r["id"] == "pronghorn" + _suffix(sc)), None)
+        ceiling_sc = by_key.get(sc["ceiling"] or sc["key"], sc)
+        ng = next((r for r in ceiling_sc["rows"] if r["id"] == "nginx"), None)
+        p, n = (_median(ph) if ph else None), (_median(ng) if ng else None)
+        for r in sc["rows"]:
+            v = _median(r)
+            if v is None:
+                continue
+            if sc["metric"] == "rps":  # higher is better: pronghorn ÷ row, row ÷ nginx
+                r["pronghorn_over_this"] = p / v if p and v else None
+                r["this_over_nginx"] = v / n if n else None
+            else:  # lower is better: row ÷ pronghorn, row ÷ nginx
+                r["this_over_pronghorn"] = v / p if p else None
+                r["this_over_nginx"] = v / n if n else None
+
+
+def _suffix(sc):
+    return "-wsgi" if list(sc["kinds"]) == ["wsgi"] else ""
+
+
+def _targets(out):
+    by_key = {sc["key"]: sc for sc in out["scenarios"]}
+    res = []
+    for label, key, peer, kind, limit in TARGETS:
+        sc = by_key.get(key)
+        t = {"target": label, "scenario": key, "measured": None, "met": None, "note": ""}
+        res.append(t)
+        if not sc:
+            t["note"] = "scenario not run"
+            continue
+        ph = next((r for r in sc["rows"] if r["id"] == "pronghorn"), None)
+        if not ph or ph["status"] != "ok":
+            t["note"] = "no valid pronghorn run"
+            continue
+        if kind == "ratio":
+            other = next((r for r in sc["rows"] if r["id"] == peer), None)
+            if not other or other["status"] != "ok":
+                t["note"] = f"no valid {peer} run"
+                continue
+            ratio = _median(ph) / _median(other)
+            t["measured"] = round(ratio, 2)
+            t["text"] = f"{ratio:.2f}× ({_median(ph):,.0f} vs {_median(other):,.0f} req/s)"
+            t["met"] = ratio >= limit
+        elif kind == "p99":
+            p99 = _median(ph, "p99_ms")
+            t["measured"] = round(p99, 3)
+            clean = ph["valid_runs"] == ph["runs"]
+            t["text"] = f"p99 {p99:.2f} ms, " + (
+                "no errors" if clean else f"{ph['runs'] - ph['valid_runs']} run(s) with errors"
+            )
+            t["met"] = p99 < limit and clean
+            if ph.get("tool", "").startswith("wrk"):
+                t["note"] = "wrk paced, not oha: indicative only"
+        elif kind == "rss":
+            kib = _median(ph)
+            t["measured"] = round(kib, 2)
+            t["text"] = f"{kib:.2f} KiB"
+            t["met"] = kib <= limit
+    return res
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+
+
+def _fmt(v, metric):
+    if v is None:
+        return "—"
+    if metric == "rps":
+        return f"{v:,.0f}"
+    return f"{v:.2f}"
+
+
+def _x(v):
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def _spread(st, metric):
+    if not st:
+        return ""
+    return f"{_fmt(st['min'], metric)}–{_fmt(st['max'], metric)}"
+
+
+def markdown(results, charts_rel=()):
+    meta = results["meta"]
+    m = meta["machine"]
+    s = meta["settings"]
+    v = meta["versions"]
+    lines = [
+        f"# pronghorn benchmark{' (smoke)' if meta['smoke'] else ''}: {meta['date'][:10]}, "
+        f"commit {meta['commit']}{' + local changes' if meta['pronghorn_source_dirty'] else ''}",
+        "",
+    ]
+    if meta.get("pronghorn_source_changed_during_run"):
+        lines += [
+            "**Warning: pronghorn's source changed during this run (an edit or a commit), so its "
+            "rows mix builds.** Measure a fixed build with `run.py --pronghorn EXE`.",
+            "",
+        ]
+    lines += [
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, "
+        f"Linux {m['kernel']}, Python {m['python']}. Every server runs one worker pinned to "
+        f"CPU {s['server_cpu']} (all its threads), the load generator runs on CPU "
+        f"{s['client_cpu']}. {s['rounds']} round(s) in alternating server order; each "
+        f"measurement follows a {s['warmup']} s warm-up and lasts {s['seconds']} s "
+        f"(fixed rate: {s['rate_seconds']} s). Figures are the median of the valid rounds with "
+        "the min–max spread; a run with errors or non-2xx answers is flagged and not counted, "
+        "and so is one during which other processes used more than 5% of a core or the "
+        "hypervisor stole more than 10% (it is repeated). "
+        f"Whole run: {meta['elapsed_seconds'] / 60:.1f} min.",
+        "",
+        "Versions: "
+        + ", ".join(f"{k} {x}" for k, x in v.items())
+        + "; tools: "
+        + ", ".join(f"{k} {x}" for k, x in meta["tools"].items())
+        + ".",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for t in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "no data"}[t["met"]]
+        text = t.get("text") or t["note"]
+        if t.get("text") and t["note"]:
+            text += f" ({t['note']})"
+        lines.append(f"| {t['target']} | {text} | {met} |")
+    charts = {p.stem: p for p in charts_rel}
+    for sc in results["scenarios"]:
+        tool = sc["tool"]
+        paced = [r["tool"] for r in sc["rows"] if r.get("tool", "").startswith("wrk paced")]
+        if paced:
+            tool = f"{paced[0]}: oha not installed, closed loop, latency not corrected"
+        lines += ["", f"## {sc['number']} · {sc['title']}", "", f"Load: {tool}.", ""]
+        lines += _table(sc)
+        flags = []
+        for r in sc["rows"]:
+            flags += [f"- flagged, not counted: {r['server']} {f}" for f in r["flags"]
+                      if "disturbed" not in f]  # fmt: skip
+            n = sum(1 for x in r["samples"] if x.get("disturbed"))
+            if n:
+                flags.append(
+                    f"- {r['server']}: {n} measurement(s) disturbed by other processes "
+                    "or hypervisor steal, not counted (repeated when time allowed)"
+                )
+        if flags:
+            lines += [""] + flags
+        if sc["key"] in charts:
+            lines += ["", f"![{sc['title']}]({charts[sc['key']].as_posix()})"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(sc):
+    metric = sc["metric"]
+    ceiling = "nginx" + (f" (scenario {sc['ceiling']})" if sc["ceiling"] else "")
+    if metric == "rps":
+        head = f"| server | req/s | min–max | pronghorn ÷ this | this ÷ {ceiling} | valid runs |"
+    elif metric == "latency":
+        head = (
+            "| server | p50 ms | p99 ms | p99.9 ms | achieved req/s | p99 ÷ pronghorn's "
+            "| p99 ÷ nginx's | valid runs |"
+        )
+    else:
+        head = (
+            "| server | KiB per idle conn | min–max | RSS before → with conns (MiB) "
+            "| this ÷ pronghorn | this ÷ nginx | valid runs |"
+        )
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    ncols = head.count("|") - 1
+    for r in sc["rows"]:
+        name = f"**{r['server']}**" if r["id"].startswith("pronghorn") else r["server"]
+        runs = f"{r['valid_runs']}/{r['runs']}"
+        if r["status"] != "ok":
+            status = r["status"] if not r["runs"] else f"{r['status']} ({runs})"
+            out.append(f"| {name} | {status} |" + " |" * (ncols - 2))
+            continue
+        st = r["value"]
+        if metric == "rps":
+            cells = [
+                _fmt(st["median"], metric),
+                _spread(st, metric),
+                _x(r.get("pronghorn_over_this")) if not r["id"].startswith("pronghorn") else "",
+                _x(r.get("this_over_nginx")),
+                runs,
+            ]
+        elif metric == "latency":
+            cells = [
+                _fmt(_median(r, "p50_ms"), metric),
+                f"{_fmt(st['median'], metric)} ({_spread(st, metric)})",
+                _fmt(_median(r, "p999_ms"), metric),
+                _fmt(_median(r, "rps"), "rps"),
+                _x(r.get("this_over_pronghorn")) if r["id"] != "pronghorn" else "",
+                _x(r.get("this_over_nginx")),
+                runs,
+            ]
+        else:
+            before, after = _median(r, "rss_before_kib"), _median(r, "rss_after_kib")
+            cells = [
+                _fmt(st["median"], metric),
+                _spread(st, metric),
+                f"{before / 1024:.1f} → {after / 1024:.1f}",
+                _x(r.get("this_over_pronghorn")) if r["id"] != "pronghorn" else "",
+                _x(r.get("this_over_nginx")),
+                runs,
+            ]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+# -- charts -------------------------------------------------------------------------------------
+
+COLORS = {"pronghorn": "#d95f02", "nginx": "#9e9e9e"}
+OTHER = "#4c78a8"
+
+
+def charts(results, outdir):
+    """One PNG per scenario; [] when matplotlib is not installed (it is in bench/.venv)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    outdir.mkdir(parents=True, exist_ok=True)
+    meta = results["meta"]
+    made = []
+    for sc in results["scenarios"]:
+        rows = sc["rows"]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.6), dpi=110)
+        names = [r["server"] for r in rows]
+        if sc["metric"] == "latency":  # a server that could not keep up says so
+            names = [
+                n if not r.get("rps") or r["rps"]["median"] >= 0.97 * sc["rate"]
+                else f"{n}\n(only {r['rps']['median']:,.0f} req/s)"
+                for n, r in zip(names, rows, strict=True)
+            ]  # fmt: skip
+        ys = list(range(len(rows)))[::-1]
+        colors = [COLORS.get(r["server"], OTHER) for r in rows]
+        if sc["metric"] == "latency":
+            _latency_bars(ax, rows, ys)
+        else:
+            _bars(ax, rows, ys, colors, sc["metric"])
+        ax.set_yticks(ys, names)
+        ax.set_title(f"{sc['number']} · {sc['title']}", fontsize=11, loc="left")
+        ax.set_xlabel(
+            {"rps": "requests/s (median, bar = min–max)", "latency": "latency, ms (log scale)"}.get(
+                sc["metric"], "KiB of RSS per idle connection (lower is better)"
+            )
+        )
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.text(
+            0.99, 0.01,
+            f"{meta['date'][:10]} · {meta['commit']} · 1 core per server · {sc['tool']}",
+            ha="right", va="bottom", fontsize=7, color="#666",
+        )  # fmt: skip
+        fig.tight_layout()
+        path = outdir / f"{sc['key']}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def _bars(ax, rows, ys, colors, metric):
+    top = max([r["value"]["max"] for r in rows if r["status"] == "ok"] or [1])
+    for y, r, c in zip(ys, rows, colors, strict=True):
+        if r["status"] != "ok":
+            ax.text(top * 0.01, y, r["status"], va="center", fontsize=9, color="#666")
+            continue
+        st = r["value"]
+        err = [[st["median"] - st["min"]], [st["max"] - st["median"]]]
+        ax.barh(y, st["median"], color=c, xerr=err, capsize=3, height=0.6)
+        label = f"{st['median']:,.0f}" if metric == "rps" else f"{st['median']:.2f}"
+        ax.text(st["max"] + top * 0.01, y, label, va="center", fontsize=9)
+    ax.set_xlim(0, top * 1.18)
+
+
+def _latency_bars(ax, rows, ys):
+    keys = [
+        ("p50_ms", "p50", "#a6cee3"),
+        ("p99_ms", "p99", "#1f78b4"),
+        ("p999_ms", "p99.9", "#08306b"),
+    ]
+    h = 0.26
+    lo = min([_median(r, "p50_ms") or 1 for r in rows if r["status"] == "ok"] or [0.1])
+    labelled = False
+    for y, r in zip(ys, rows, strict=True):
+        if r["status"] != "ok":
+            ax.text(lo, y, r["status"], va="center", fontsize=9, color="#666")
+            continue
+        for i, (k, name, color) in enumerate(keys):
+            v = _median(r, k)
+            if v is None:
+                continue
+            edge = COLORS["pronghorn"] if r["id"] == "pronghorn" else color
+            ax.barh(y + (1 - i) * h, v, height=h, color=color, edgecolor=edge, linewidth=1.5,
+                    label=None if labelled or r["id"] == "pronghorn" else name)  # fmt: skip
+            ax.text(v * 1.05, y + (1 - i) * h, f"{v:.2f}", va="center", fontsize=7)
+        labelled = labelled or r["id"] != "pronghorn"
+    ax.set_xscale("log")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def exit_status(results, smoke):
+    """Smoke: fail when a scenario that ran on pronghorn has no valid run (harness or server
+    broken). Prints the closing count line either way."""
+    passed = failed = skipped = 0
+    for sc in results["scenarios"]:
+        for r in sc["rows"]:
+            if not r["id"].startswith("pronghorn"):
+                continue
+            if not r["runs"]:
+                skipped += 1
+            elif r["valid_runs"]:
+                passed += 1
+            else:
+                failed += 1
+    print(f"bench: {passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if smoke and failed else 0

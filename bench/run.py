@@ -1,0 +1,516 @@
+"""pronghorn's side-by-side benchmark: every scenario against every server, in the same run.
+
+    bench/.venv/bin/python bench/run.py            # the full run (what `make bench` does)
+    .venv/bin/python bench/run.py --smoke          # one short round, pronghorn alone
+
+Method (bench/README.md has the why): each server runs one worker pinned with all its threads
+to CPU 0, the load generator to CPU 1. Each round starts every server in turn (forward order,
+then reversed in the next round), warms it up, then runs each of its scenarios: a warm-up, then
+the measurement. A run with errors or non-2xx answers is flagged and does not count. Results go
+to bench/results/<date>-<commit>.json, bench/results/latest.md and bench/results/charts/.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import loadgen
+import quiet
+import report
+import servers
+from servers import (
+    ROOT,
+    Running,
+    all_servers,
+    pronghorn_source_fingerprint,
+    resolve_pronghorn_features,
+)
+
+
+@dataclass
+class Scenario:
+    key: str
+    number: str  # the scenario's number in the issue
+    title: str
+    kinds: tuple  # server kinds that get a row
+    tool: str  # "wrk", "h2load", "oha" or "idle"
+    metric: str  # "rps", "latency" or "rss"
+    path: str = "/"
+    conns: int = 64
+    depth: int = 1
+    method: str = "GET"
+    body: int = 0
+    rate: int = 0
+    streams: int = 1
+    needs: str | None = None  # a feature the server must have ("echo", "sleep", "h2", "wsgi")
+    ceiling: str | None = None  # scenario whose nginx row is this one's ceiling, if not its own
+
+
+ASGI = ("asgi", "nginx")
+SCENARIOS = [
+    Scenario("hello", "1", "ASGI hello (13 B), keep-alive, 64 conns", ASGI, "wrk", "rps"),
+    Scenario(
+        "pipelined", "1p", "ASGI hello, pipelined ×16, 64 conns", ASGI, "wrk", "rps", depth=16
+    ),
+    Scenario("body10k", "2a", "ASGI 10 KB response, 64 conns", ASGI, "wrk", "rps", path="/10k"),
+    Scenario(
+        "echo10k", "2b", "ASGI POST echo of 10 KB, 64 conns", ASGI, "wrk", "rps",
+        path="/echo", method="POST", body=10240, needs="echo",
+    ),
+    Scenario(
+        "sleep10ms", "3", "ASGI sleep 10 ms, 512 conns", ASGI, "wrk", "rps",
+        path="/sleep", conns=512, needs="sleep",
+    ),
+    Scenario("rate5k", "4a", "fixed rate 5,000 req/s, 64 conns", ASGI, "oha", "latency", rate=5000),
+    Scenario(
+        "rate20k", "4b", "fixed rate 20,000 req/s, 64 conns", ASGI, "oha", "latency", rate=20000
+    ),
+    Scenario(
+        "idle_rss", "5a", "RSS per idle keep-alive connection (10k conns)", ASGI, "idle", "rss",
+        conns=10000,
+    ),
+    Scenario("conns10k", "5b", "ASGI hello, 10,000 conns", ASGI, "wrk", "rps", conns=10000),
+    Scenario(
+        "wsgi_hello", "6a", "WSGI hello, 64 conns", ("wsgi",), "wrk", "rps",
+        needs="wsgi", ceiling="hello",
+    ),
+    Scenario(
+        "h2_hello", "6b", "HTTP/2 (h2c) hello, 64 conns × 1 stream", ASGI, "h2load", "rps",
+        needs="h2",
+    ),
+    Scenario(
+        "h2_streams", "6c", "HTTP/2 (h2c) hello, 16 conns × 16 streams", ASGI, "h2load", "rps",
+        conns=16, streams=16, needs="h2",
+    ),
+]  # fmt: skip
+
+# What runs first on a fresh server: idle_rss wants a warmed-up but unfragmented process, and
+# the 10k-connection storm goes last.
+RUN_ORDER = [
+    "idle_rss", "hello", "pipelined", "body10k", "echo10k", "sleep10ms", "wsgi_hello",
+    "rate5k", "rate20k", "h2_hello", "h2_streams", "conns10k",
+]  # fmt: skip
+
+# A disturbed measurement is repeated at most RETRIES times, after waiting up to QUIET_WAIT
+# seconds for the machine to be quiet, while repeats have taken less than RETRY_BUDGET seconds
+# in all (so that a full run stays within 30 minutes).
+RETRIES = 2
+QUIET_WAIT = 20
+RETRY_BUDGET = 240
+
+FULL = {"rounds": 3, "warmup": 1, "seconds": 4, "rate_seconds": 6}
+SMOKE = {"rounds": 1, "warmup": 1, "seconds": 2, "rate_seconds": 2}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def git(*args):
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def machine_info():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "somaxconn": _read("/proc/sys/net/core/somaxconn"),
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+def _os_name():
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def _read(path):
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def wait_for_quiet(minutes, limit=0.5):
+    """Wait (up to `minutes`) for the 1-minute load average to drop below `limit`: a benchmark
+    sharing the machine with a compile measures the compile."""
+    deadline = time.monotonic() + minutes * 60
+    while (load := os.getloadavg()[0]) >= limit:
+        if time.monotonic() >= deadline:
+            log(f"warning: load average still {load:.2f}: other work may skew the figures")
+            return
+        log(f"load average {load:.2f} >= {limit}: waiting for the machine to quieten")
+        time.sleep(20)
+
+
+def raise_nofile():
+    """Servers and clients inherit the limit; 10k connections need more than 10k fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.cfg = dict(SMOKE if args.smoke else FULL)
+        if args.rounds:
+            self.cfg["rounds"] = args.rounds
+        if args.seconds:
+            self.cfg["seconds"] = args.seconds
+            self.cfg["rate_seconds"] = max(args.seconds, 2)
+        self.nofile = raise_nofile()
+        self.many = min(10000, self.nofile - 200)  # the "10k connections" count we can afford
+        self.oha = loadgen.find_tool("oha")
+        if not self.oha and not args.smoke:
+            sys.exit("oha not installed: `make bench` installs it into bench/.tools")
+        self.commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        changes = git("status", "--porcelain", "--", "src", "meson.build", "pyproject.toml")
+        self.dirty = bool(changes)
+        # an editable install rebuilds whatever the tree holds when a server starts
+        self.source_fp = args.pronghorn is None and pronghorn_source_fingerprint()
+        self.sources_seen = [self.source_fp] if self.source_fp else []
+        self.servers = [s for s in all_servers() if self._selected(s)]
+        resolve_pronghorn_features(self.servers, probe_h2=True)
+        self.scenarios = [s for s in SCENARIOS if not args.only or s.key in args.only]
+        # results[scenario key][server id] = list of samples
+        self.samples = {sc.key: {s.id: [] for s in self.servers} for sc in self.scenarios}
+        self.notes = {sc.key: {} for sc in self.scenarios}  # why a row is empty
+        self.log_dir = Path(args.out) / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _selected(self, s):
+        if self.args.smoke:
+            return s.is_pronghorn
+        return not self.args.servers or s.id in self.args.servers
+
+    # -- what runs where ----------------------------------------------------------------------
+
+    def applies(self, sc, server):
+        """None if the scenario runs on the server, else why not (shown in its row)."""
+        if server.kind not in sc.kinds:
+            return "skip"
+        if sc.needs and sc.needs not in server.features:
+            if sc.needs == "h2" and "h2?" in server.features:
+                return None  # probed once the server is up
+            return server.lacks.get(sc.needs, "n/a")
+        if sc.tool == "h2load" and not loadgen.find_tool("h2load"):
+            return "h2load not installed"
+        if sc.tool == "wrk" and not loadgen.find_tool("wrk"):
+            return "wrk not installed"
+        return None
+
+    # -- one scenario -------------------------------------------------------------------------
+
+    def measure(self, sc, run):
+        cfg = self.cfg
+        url = run.url(sc.path, h2=sc.tool == "h2load")
+        conns = self.many if sc.conns == 10000 else sc.conns
+        if sc.tool == "wrk":
+            args = dict(depth=sc.depth, method=sc.method, body=sc.body)
+            secs = cfg["seconds"] + (2 if sc.conns == 10000 else 0)  # connecting takes a while
+            loadgen.wrk(url, conns, cfg["warmup"], **args)
+            return loadgen.wrk(url, conns, secs, **args)
+        if sc.tool == "h2load":
+            return loadgen.h2load(url, sc.conns, sc.streams, cfg["seconds"], cfg["warmup"])
+        if sc.tool == "oha":
+            if self.oha:
+                loadgen.oha(url, sc.conns, sc.rate, cfg["warmup"])
+                return loadgen.oha(url, sc.conns, sc.rate, cfg["rate_seconds"])
+            return loadgen.paced_wrk(url, sc.conns, sc.rate, cfg["rate_seconds"])
+        if sc.tool == "idle":
+            return self.idle_rss(run, conns)
+        raise ValueError(sc.tool)
+
+    def idle_rss(self, run, n):
+        before = run.rss_kib()
+        holder = loadgen.IdleHolder("127.0.0.1", run.port, n)
+        try:
+            opened = holder.ready()
+            time.sleep(1.0)  # let the server settle (freed buffers, lazily allocated state)
+            after = run.rss_kib()
+            check = holder.release()
+        finally:
+            holder.close()
+        ok = max(opened["ok"], 1)
+        return {
+            "value": (after - before) / ok,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "conns": opened["ok"],
+            "errors": opened["failed"] + check["closed"],
+            "non2xx": 0,
+            "connect_seconds": opened["seconds"],
+        }
+
+    # -- a server's turn in a round -------------------------------------------------------------
+
+    def serve(self, server, rnd):
+        todo = {}
+        for sc in self.scenarios:
+            why = self.applies(sc, server)
+            if why == "skip":
+                continue
+            if why:
+                self.notes[sc.key][server.id] = why
+            else:
+                todo[sc.key] = sc
+        if not todo:
+            return
+        ordered = [todo[k] for k in RUN_ORDER if k in todo]
+        if server.is_pronghorn and self.source_fp:
+            fp = pronghorn_source_fingerprint()
+            if fp not in self.sources_seen:
+                self.sources_seen.append(fp)
+                if len(self.sources_seen) > 1:
+                    log("  !! pronghorn's source changed since the run started (an edit or a "
+                        "commit): its rows now mix builds")  # fmt: skip
+        t0 = time.monotonic()
+        run = Running(server, self.log_dir)
+        try:
+            run.wait_ready()
+            if "h2?" in server.features:
+                self._probe_h2(server, run)
+            loadgen.wrk(run.url("/"), 64, self.cfg["warmup"])  # warm the server up
+            for sc in ordered:
+                if sc.needs == "h2" and "h2" not in server.features:
+                    self.notes[sc.key][server.id] = server.lacks.get("h2", "n/a")
+                    continue
+                self._one(sc, server, run, rnd)
+        except RuntimeError as e:  # the server did not start or died: every row says so
+            log(f"  !! {server.id}: {e}")
+            for sc in ordered:
+                if not any(x["round"] == rnd for x in self.samples[sc.key][server.id]):
+                    self._record(sc, server, rnd, {"failed": str(e)})
+        finally:
+            run.stop()
+        log(f"  {server.id}: {time.monotonic() - t0:.0f}s")
+
+    def _probe_h2(self, server, run):
+        server.features.discard("h2?")
+        if loadgen.h2_probe(run.url("/")):
+            server.features.add("h2")
+            server.lacks.pop("h2", None)
+            log(f"  {server.id}: answers HTTP/2 (h2c): h2 rows enabled")
+
+    def _one(self, sc, server, run, rnd):
+        """Measure; a measurement that other processes disturbed is kept (flagged) and
+        repeated, up to RETRIES times, once the machine is quiet again."""
+        for attempt in range(RETRIES + 1):
+            if run.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {run.proc.returncode}; see {run.log_path}")
+            t0 = time.monotonic()
+            with quiet.Watch(run.proc.pid) as watch:
+                try:
+                    result = self.measure(sc, run)
+                except loadgen.ToolError as e:
+                    result = {"failed": str(e)}
+            result["elapsed_s"] = round(time.monotonic() - t0, 1)
+            result["foreign_cpu"] = round(watch.foreign, 3)
+            result["steal_cpu"] = round(watch.steal, 3)
+            if run.proc.poll() is not None:
+                result = {"failed": f"server exited with {run.proc.returncode} during the run"}
+            # smoke checks the harness, not the figures: it neither discards nor repeats
+            disturbed = watch.disturbed and "failed" not in result
+            if disturbed and not self.args.smoke:
+                result["disturbed"] = True
+            self._record(sc, server, rnd, result)
+            if (
+                not result.get("disturbed")
+                or attempt == RETRIES
+                or self.retry_seconds > RETRY_BUDGET
+            ):
+                return
+            self.retries += 1
+            t_retry = time.monotonic()
+            left = quiet.wait_quiet(QUIET_WAIT)
+            self.retry_seconds += time.monotonic() - t_retry + result["elapsed_s"]
+            log(
+                f"  disturbed (other processes {watch.foreign:.2f}, steal {watch.steal:.2f} "
+                "cores): again"
+                + ("" if left < quiet.FOREIGN_LIMIT else f", though still {left:.2f} busy")
+            )
+
+    def _record(self, sc, server, rnd, result):
+        result = {k: v for k, v in result.items()}
+        result["round"] = rnd
+        if "failed" in result:
+            result["valid"] = False
+        else:
+            if "value" not in result:
+                result["value"] = result["p99_ms"] if sc.metric == "latency" else result["rps"]
+            result["valid"] = (
+                result["errors"] == 0
+                and result["non2xx"] == 0
+                and result.get("requests") != 0  # nothing answered within the measurement
+                and not result.get("disturbed")
+            )
+        self.samples[sc.key][server.id].append(result)
+        log("  " + report.describe_sample(sc, server.label, result))
+
+    # -- the whole run --------------------------------------------------------------------------
+
+    def run(self):
+        if not self.args.smoke:
+            wait_for_quiet(self.args.wait_quiet)
+        started = time.time()
+        self.retry_seconds = 0.0
+        self.retries = 0
+        load = os.getloadavg()
+        for rnd in range(1, self.cfg["rounds"] + 1):
+            order = self.servers if rnd % 2 else list(reversed(self.servers))
+            log(f"round {rnd}/{self.cfg['rounds']}: " + " ".join(s.id for s in order))
+            for server in order:
+                self.serve(server, rnd)
+        meta = self.meta(started, load)
+        return report.build(meta, self.scenarios, self.servers, self.samples, self.notes)
+
+    def meta(self, started, load):
+        tools = {t: loadgen.tool_version(t) for t in ("wrk", "h2load", "oha")}
+        if not self.oha:
+            tools["oha"] = "not installed: fixed-rate rows use wrk paced (closed loop)"
+        versions = {}
+        for s in self.servers:
+            versions.setdefault(s.label, s.version())
+        return {
+            "date": datetime.datetime.fromtimestamp(started).astimezone().isoformat("T", "seconds"),
+            "commit": self.commit,
+            "pronghorn_source_dirty": self.dirty and self.args.pronghorn is None,
+            "pronghorn_exe": (
+                "a separate build (run.py --pronghorn)"
+                if self.args.pronghorn
+                else ".venv/bin/pronghorn (editable install)"
+            ),
+            "pronghorn_source_changed_during_run": len(self.sources_seen) > 1,
+            "smoke": self.args.smoke,
+            "elapsed_seconds": round(time.time() - started),
+            "disturbed_and_repeated": self.retries,
+            "load_average_at_start": [round(x, 2) for x in load],
+            "machine": machine_info(),
+            "versions": versions,
+            "tools": tools,
+            "settings": {
+                **self.cfg,
+                "many_connections": self.many,
+                "server_cpu": 0,
+                "client_cpu": 1,
+            },
+            "servers": {s.id: command_line(s) for s in self.servers},
+            "scenarios": [asdict(sc) for sc in self.scenarios],
+        }
+
+
+def rebuild(results):
+    """Recompute a results document from its own samples (after a change to report.py)."""
+    meta = results["meta"]
+    scenarios = [Scenario(**{**d, "kinds": tuple(d["kinds"])}) for d in meta["scenarios"]]
+    ids = {r["id"] for sc in results["scenarios"] for r in sc["rows"]}
+    servers = [s for s in all_servers() if s.id in ids]
+    samples = {sc.key: {s.id: [] for s in servers} for sc in scenarios}
+    notes = {sc.key: {} for sc in scenarios}
+    for sc in results["scenarios"]:
+        for r in sc["rows"]:
+            samples[sc["key"]][r["id"]] = r["samples"]
+            if not r["samples"]:
+                notes[sc["key"]][r["id"]] = r["status"]
+    return report.build(meta, scenarios, servers, samples, notes)
+
+
+def command_line(server):
+    """The server's command line as recorded in the results, without this machine's paths."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-argv-"))
+    try:
+        argv = server.argv(8000, 8001, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    argv[0] = Path(argv[0]).name
+    text = " ".join(argv).replace(str(scratch), "$SCRATCH")
+    return "taskset -c 0 " + text.replace(str(ROOT) + "/", "")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="one short round, pronghorn alone")
+    p.add_argument("--rounds", type=int, help="rounds (default 3; smoke 1)")
+    p.add_argument("--seconds", type=int, help="seconds per measurement (default 4; smoke 2)")
+    p.add_argument("--servers", nargs="*", help="server ids to run (default: all)")
+    p.add_argument("--only", nargs="*", help="scenario keys to run (default: all)")
+    p.add_argument("--out", help="results directory (default bench/results, smoke: .../smoke)")
+    p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument(
+        "--pronghorn",
+        metavar="EXE",
+        help="the pronghorn executable to measure (default: the editable install in .venv)",
+    )
+    p.add_argument("--report", metavar="JSON", help="only redo the tables and charts of a run")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=2,
+        metavar="MINUTES",
+        help="first wait up to MINUTES for a load average below 0.5 (default 2; not in smoke)",
+    )
+    args = p.parse_args()
+    results_dir = Path(__file__).resolve().parent / "results"
+    args.out = args.out or str(results_dir / "smoke" if args.smoke else results_dir)
+
+    if args.pronghorn:
+        servers.PRONGHORN_EXE = Path(args.pronghorn).resolve()
+    if args.report:
+        results = rebuild(json.loads(Path(args.report).read_text()))
+        args.smoke = results["meta"]["smoke"]
+    else:
+        results = Bench(args).run()
+    out = Path(args.out)
+    stamp = results["meta"]["date"][:10] + "-" + results["meta"]["commit"]
+    json_path = out / ("smoke.json" if args.smoke else f"{stamp}.json")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    charts = []
+    if not args.no_charts:
+        charts = report.charts(results, out / "charts")
+    md = report.markdown(results, charts_rel=[c.relative_to(out) for c in charts])
+    (out / ("smoke.md" if args.smoke else "latest.md")).write_text(md)
+    print(md)
+    log(f"wrote {json_path}, {out / ('smoke.md' if args.smoke else 'latest.md')}")
+    if charts:
+        log(f"wrote {len(charts)} charts in {out / 'charts'}")
+    elif not args.no_charts:
+        log("charts skipped: matplotlib not installed (it is in bench/.venv)")
+    return report.exit_status(results, smoke=args.smoke)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

