@@ -129,7 +129,10 @@ fuzz: $(addprefix build-fuzz/fuzz_,$(FUZZ_TARGETS))
 	for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus-run/$$t; \
 		build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
-			fuzz/corpus-run/$$t fuzz/corpus/$$t 2>&1 | tail -n 25 || exit 1; \
+			-artifact_prefix=build-fuzz/ fuzz/corpus-run/$$t fuzz/corpus/$$t \
+			> build-fuzz/$$t.log 2>&1; rc=$$?; \
+		grep -E "DONE|stat::|ERROR|SUMMARY|runtime error|written to" build-fuzz/$$t.log; \
+		[ $$rc -eq 0 ] || { tail -n 60 build-fuzz/$$t.log; exit $$rc; }; \
 	done
 
 # ---- benchmark --------------------------------------------------------------------------------
