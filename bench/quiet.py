@@ -19,7 +19,7 @@ FOREIGN_LIMIT = 0.05  # cores: 5% of one core, averaged over the measurement
 STEAL_LIMIT = 0.1  # cores the hypervisor took away (other guests on the same host)
 
 
-def _processes():
+def processes():
     """{pid: (ppid, pgrp, cpu seconds incl. reaped children)} for every process."""
     procs = {}
     for entry in os.listdir("/proc"):
@@ -62,11 +62,11 @@ class Watch:
     def __enter__(self):
         self.t0 = time.monotonic()
         self.steal0 = _steal()
-        self.before = _foreign(_processes(), self.pgid)
+        self.before = _foreign(processes(), self.pgid)
         return self
 
     def __exit__(self, *exc):
-        after = _foreign(_processes(), self.pgid)
+        after = _foreign(processes(), self.pgid)
         wall = max(time.monotonic() - self.t0, 1e-3)
         used = sum(cpu - self.before.get(pid, 0.0) for pid, cpu in after.items())
         self.foreign = max(0.0, used) / wall

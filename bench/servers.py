@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quiet import processes
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 APPS = BENCH / "apps"
@@ -337,18 +339,7 @@ class Running:
 
     def pids(self):
         """PIDs of the server's process group (the server and any workers it forked)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == self.proc.pid:  # pgrp
-                pids.append(int(entry))
-        return pids
+        return [pid for pid, (_, pgrp, _) in processes().items() if pgrp == self.proc.pid]
 
     def rss_kib(self):
         """Resident memory of the whole process group, in KiB."""
