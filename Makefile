@@ -8,9 +8,11 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 # C libraries and tools the build and the tests use. python3-dev/python3-venv: headers for
-# the extension and `python3 -m venv` on a stock Debian python3.
+# the extension and `python3 -m venv` on a stock Debian python3. libclang-rt-14-dev holds
+# clang's libFuzzer and sanitizer runtimes (`make fuzz`): only a Recommends of clang, so
+# --no-install-recommends leaves it out unless it is named here.
 DEB_PACKAGES := libuv1-dev node-llhttp libnghttp2-dev libssl-dev zlib1g-dev pkg-config \
-	curl wrk clang gcc python3-dev python3-venv
+	curl wrk clang libclang-rt-14-dev gcc python3-dev python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # meson-python records the meson/ninja it finds on PATH for editable rebuilds on import.
