@@ -12,7 +12,7 @@ PORT   ?= 8000
 # clang's libFuzzer and sanitizer runtimes (`make fuzz`): only a Recommends of clang, so
 # --no-install-recommends leaves it out unless it is named here.
 DEB_PACKAGES := libuv1-dev node-llhttp libnghttp2-dev libssl-dev zlib1g-dev pkg-config \
-	curl wrk clang libclang-rt-14-dev gcc python3-dev python3-venv
+	curl netcat-openbsd wrk clang clang-format libclang-rt-14-dev gcc python3-dev python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # meson-python records the meson/ninja it finds on PATH for editable rebuilds on import.
@@ -27,7 +27,7 @@ BUILD_INPUTS := pyproject.toml meson.build $(wildcard meson.options meson_option
 all: build
 
 # (a) Debian packages, only when one is missing; (b) the venv with the pinned dev tools.
-$(DEPS_STAMP): requirements-dev.txt
+$(DEPS_STAMP): requirements-dev.txt Makefile
 	@if command -v dpkg >/dev/null 2>&1; then \
 		missing=""; \
 		for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -65,7 +65,7 @@ lint: $(DEPS_STAMP)
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/ruff check src tests bench examples
 	@if command -v clang-format >/dev/null 2>&1; then \
-		files="$(wildcard src/core/*.[ch])"; \
+		files="$(wildcard src/core/*.[ch] tests/c/*.[ch] fuzz/*.c)"; \
 		if [ -n "$$files" ]; then echo "clang-format --dry-run --Werror $$files"; \
 			clang-format --dry-run --Werror $$files; fi; \
 	else \
@@ -116,7 +116,8 @@ leak-check: $(ASAN_STAMP)
 # corpus in fuzz/corpus/<target>, keeping what it finds in fuzz/corpus-run/ (not committed).
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := h1
-CORE_SRCS := src/core/loop.c src/core/conn.c src/core/listener.c src/core/h1.c src/core/util.c
+CORE_SRCS := src/core/loop.c src/core/conn.c src/core/listener.c src/core/server.c src/core/h1.c \
+	src/core/util.c
 LLHTTP_DIR ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

@@ -25,6 +25,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Every answer the server wrote must start like one. */
     if (outlen > 0 && memcmp(out, "HTTP/1.1 ", 9) != 0)
         __builtin_trap();
+    /* The bridge answers every stream with a 200; the only other answer h1 may write is one
+     * error response, and it must be the last thing sent. So: no more 200s than streams, at
+     * most one error, nothing after it (no request behind a bad one is ever answered). */
+    int ok = 0, errors = 0;
+    for (const char *p = out; (p = memmem(p, outlen - (size_t)(p - out), "HTTP/1.1 ", 9)) != NULL;
+         p += 9) {
+        if (errors)
+            __builtin_trap(); /* a response after an error response */
+        if (memcmp(p + 9, "100 ", 4) == 0)
+            continue;
+        if (memcmp(p + 9, "200 ", 4) == 0)
+            ok++;
+        else
+            errors++;
+    }
+    if (ok > h.streams)
+        __builtin_trap(); /* more responses than requests */
     harness_free(&h);
     return 0;
 }

@@ -13,12 +13,17 @@ struct ph_req_s {
     ph_pyserver_t *srv;
     ph_stream_t *stream; /* NULL once the protocol released it */
     PyObject *task;
-    PyObject *recv_fut, *send_fut;
+    PyObject *recv_futs; /* list of the futures receive() calls wait on, or NULL */
+    PyObject *send_fut;
     PyObject *body; /* list of bytes not yet received by the app, or NULL */
     size_t body_buffered;
-    ph_req_t *prev, *next; /* in srv->reqs while the app runs */
-    unsigned body_end : 1, body_final_sent : 1, disconnected : 1, started : 1, done : 1,
-        want_body_sent : 1, paused : 1, app_running : 1, linked : 1;
+    ph_req_t *prev, *next;   /* in srv->reqs while the app runs */
+    ph_req_t *hprev, *hnext; /* in srv->held while the stream holds a reference */
+    /* started: the app's http.response.start was accepted; body_started: a body message was,
+     * so bytes have left (before that an error can still be answered with a 500). */
+    unsigned body_end : 1, body_final_sent : 1, disconnected : 1, started : 1, body_started : 1,
+        done : 1, want_body_sent : 1, paused : 1, app_running : 1, linked : 1, peer_closed : 1,
+        held : 1;
     int status;
     uint64_t bytes;
     double t0;
@@ -41,18 +46,26 @@ typedef struct {
     PyObject *fut_iter;
     ph_req_t *req;
     int kind;
+    int finished; /* it returned: like a coroutine, it cannot be awaited again */
 } waiter_t;
 
 static const ph_stream_handler_t asgi_handler;
 
 /* ---- helpers ---- */
 
-static void wake(PyObject **futp, ph_state_t *st)
+/* Resolves the future a receive() or send() waits on. Not once the server is closed: its
+ * asyncio loop may be closed too, and nothing will run the waiter again. */
+static void wake(ph_req_t *req, PyObject **futp)
 {
     PyObject *fut = *futp;
     if (fut == NULL)
         return;
     *futp = NULL;
+    if (req->srv->closed) {
+        Py_DECREF(fut);
+        return;
+    }
+    ph_state_t *st = req->srv->st;
     PyObject *done = PyObject_CallMethodNoArgs(fut, st->s_done);
     if (done == Py_False) {
         PyObject *r = PyObject_CallMethodOneArg(fut, st->s_set_result, Py_None);
@@ -66,11 +79,26 @@ static void wake(PyObject **futp, ph_state_t *st)
     Py_DECREF(fut);
 }
 
+/* Wakes every receive() that waits: each looks for its message again (and waits again if
+ * another took it). */
+static void wake_receivers(ph_req_t *r)
+{
+    PyObject *futs = r->recv_futs;
+    if (futs == NULL)
+        return;
+    r->recv_futs = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(futs); i++) {
+        PyObject *fut = Py_NewRef(PyList_GET_ITEM(futs, i));
+        wake(r, &fut);
+    }
+    Py_DECREF(futs);
+}
+
 static void log_exception(ph_pyserver_t *srv, const char *msg, PyObject *exc)
 {
     PyObject *m = PyUnicode_FromString(msg);
-    PyObject *r = m ? PyObject_CallFunctionObjArgs(srv->log_exception, m, exc ? exc : Py_None, NULL)
-                    : NULL;
+    PyObject *r =
+        m ? PyObject_CallFunctionObjArgs(srv->log_exception, m, exc ? exc : Py_None, NULL) : NULL;
     if (r == NULL)
         PyErr_WriteUnraisable(srv->log_exception);
     Py_XDECREF(r);
@@ -128,7 +156,8 @@ static PyObject *addr_tuple(const struct sockaddr_storage *ss)
 /* The scope's "server": the same for every request on a listener, so the last one is kept. */
 static PyObject *server_tuple(ph_pyserver_t *srv, const struct sockaddr_storage *ss)
 {
-    size_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    size_t len =
+        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     if (srv->server_addr && memcmp(&srv->server_sockaddr, ss, len) == 0)
         return Py_NewRef(srv->server_addr);
     PyObject *t = addr_tuple(ss);
@@ -159,8 +188,9 @@ static void req_unlink(ph_req_t *r)
 
 static int req_traverse(ph_req_t *r, visitproc visit, void *arg)
 {
+    Py_VISIT(r->srv);
     Py_VISIT(r->task);
-    Py_VISIT(r->recv_fut);
+    Py_VISIT(r->recv_futs);
     Py_VISIT(r->send_fut);
     Py_VISIT(r->body);
     Py_VISIT(Py_TYPE(r));
@@ -170,7 +200,7 @@ static int req_traverse(ph_req_t *r, visitproc visit, void *arg)
 static int req_clear(ph_req_t *r)
 {
     Py_CLEAR(r->task);
-    Py_CLEAR(r->recv_fut);
+    Py_CLEAR(r->recv_futs);
     Py_CLEAR(r->send_fut);
     Py_CLEAR(r->body);
     Py_CLEAR(r->log_client);
@@ -227,7 +257,8 @@ static PyObject *take_message(ph_req_t *r)
         Py_DECREF(body);
         return msg;
     }
-    if (r->disconnected || r->done || (r->body_final_sent && r->stream == NULL)) {
+    if (r->disconnected || r->done ||
+        (r->body_final_sent && (r->stream == NULL || r->peer_closed))) {
         PyObject *msg = PyDict_New();
         if (msg && PyDict_SetItem(msg, st->k_type, st->v_http_disconnect) < 0)
             Py_CLEAR(msg);
@@ -246,6 +277,7 @@ static PyObject *new_waiter(ph_req_t *r, int kind, PyObject *result, PyObject **
     w->fut_iter = NULL;
     w->req = (ph_req_t *)Py_NewRef(r);
     w->kind = kind;
+    w->finished = 0;
     if (futp) {
         PyObject *fut = PyObject_CallMethodNoArgs(r->srv->aloop, st->s_create_future);
         if (fut == NULL) {
@@ -266,6 +298,8 @@ static PyObject *new_waiter(ph_req_t *r, int kind, PyObject *result, PyObject **
     return (PyObject *)w;
 }
 
+/* The message is taken when the awaitable first runs, not here: a receive() that is never
+ * awaited, or cancelled before it ran, takes nothing. */
 static PyObject *req_receive(ph_req_t *r, PyObject *unused)
 {
     (void)unused;
@@ -274,12 +308,7 @@ static PyObject *req_receive(ph_req_t *r, PyObject *unused)
         r->stream->ops->want_body(r->stream); /* 100 Continue goes out on the first receive() */
         ph_loop_touch(&r->srv->loop);
     }
-    PyObject *msg = take_message(r);
-    if (msg)
-        return new_waiter(r, WAIT_RECEIVE, msg, NULL);
-    if (PyErr_Occurred())
-        return NULL;
-    return new_waiter(r, WAIT_RECEIVE, NULL, &r->recv_fut);
+    return new_waiter(r, WAIT_RECEIVE, NULL, NULL);
 }
 
 static void access_log(ph_req_t *r)
@@ -288,9 +317,9 @@ static void access_log(ph_req_t *r)
     if (srv->access_log == NULL || r->log_method == NULL)
         return;
     double dt = ph_monotonic() - r->t0;
-    PyObject *res = PyObject_CallFunction(srv->access_log, "OOOOiKd", r->log_client, r->log_method,
-                                          r->log_path, r->log_version, r->status,
-                                          (unsigned long long)r->bytes, dt);
+    PyObject *res =
+        PyObject_CallFunction(srv->access_log, "OOOOiKd", r->log_client, r->log_method, r->log_path,
+                              r->log_version, r->status, (unsigned long long)r->bytes, dt);
     if (res == NULL)
         PyErr_WriteUnraisable(srv->access_log);
     Py_XDECREF(res);
@@ -300,6 +329,19 @@ static PyObject *raise_disconnected(ph_req_t *r)
 {
     PyErr_SetString(r->srv->st->client_disconnected, "the client disconnected");
     return NULL;
+}
+
+/* A stream op failed: only a peer that is gone is ClientDisconnected. */
+static PyObject *raise_for(ph_req_t *r, int rv, const char *what)
+{
+    switch (rv) {
+    case PH_ENOMEM: return PyErr_NoMemory();
+    case PH_ESTATE:
+        PyErr_Format(PyExc_RuntimeError, "%s not allowed at this point of the response", what);
+        return NULL;
+    case PH_EINVAL: PyErr_Format(PyExc_ValueError, "invalid %s", what); return NULL;
+    default: return raise_disconnected(r);
+    }
 }
 
 #define MAX_STACK_HEADERS 32
@@ -317,9 +359,21 @@ static PyObject *send_start(ph_req_t *r, PyObject *msg)
             PyErr_SetString(PyExc_KeyError, "http.response.start needs a status");
         return NULL;
     }
-    int status = (int)PyLong_AsLong(status_o);
-    if (status == -1 && PyErr_Occurred())
+    if (!PyLong_Check(status_o)) {
+        PyErr_Format(PyExc_TypeError, "http.response.start status must be an int, not %.100s",
+                     Py_TYPE(status_o)->tp_name);
         return NULL;
+    }
+    int overflow;
+    long status_l = PyLong_AsLongAndOverflow(status_o, &overflow);
+    if (status_l == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow || status_l < 100 || status_l > 999) {
+        PyErr_Format(PyExc_ValueError, "http.response.start status %R is not a 3-digit code",
+                     status_o);
+        return NULL;
+    }
+    int status = (int)status_l;
     PyObject *hs = PyDict_GetItemWithError(msg, st->k_headers);
     if (hs == NULL && PyErr_Occurred())
         return NULL;
@@ -370,7 +424,7 @@ static PyObject *send_start(ph_req_t *r, PyObject *msg)
                      "invalid response: status %d or a header name/value is not allowed", status);
         goto out;
     } else if (rv < 0) {
-        raise_disconnected(r);
+        raise_for(r, rv, "http.response.start");
         goto out;
     }
     r->started = 1;
@@ -411,8 +465,12 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
             data = PyBytes_AS_STRING(body);
             len = (size_t)PyBytes_GET_SIZE(body);
         } else {
-            if (PyObject_GetBuffer(body, &view, PyBUF_SIMPLE) < 0)
+            if (PyObject_GetBuffer(body, &view, PyBUF_SIMPLE) < 0) {
+                PyErr_Format(PyExc_TypeError,
+                             "http.response.body body must be bytes (or bytes-like), not %.100s",
+                             Py_TYPE(body)->tp_name);
                 return NULL;
+            }
             data = view.buf;
             len = (size_t)view.len;
         }
@@ -433,12 +491,13 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
         return NULL;
     }
     if (rv < 0)
-        return raise_disconnected(r);
+        return raise_for(r, rv, "http.response.body");
+    r->body_started = 1;
     r->bytes += len;
     if (!more) {
         r->done = 1;
         access_log(r);
-        wake(&r->recv_fut, st); /* a pending receive() now returns http.disconnect */
+        wake_receivers(r); /* a pending receive() now returns http.disconnect */
         return Py_NewRef(st->done);
     }
     /* r->stream may have been released by now (the protocol is done with it). */
@@ -535,12 +594,27 @@ static PySendResult waiter_resume(waiter_t *w, PyObject **result)
         }
         if (PyErr_Occurred())
             return PYGEN_ERROR;
+        /* Wait on a future of this call's own (a receiver that is cancelled cancels only its
+         * own); every event wakes them all. Futures of receivers that gave up are dropped. */
+        if (r->recv_futs == NULL && (r->recv_futs = PyList_New(0)) == NULL)
+            return PYGEN_ERROR;
+        for (Py_ssize_t i = PyList_GET_SIZE(r->recv_futs) - 1; i >= 0; i--) {
+            PyObject *done =
+                PyObject_CallMethodNoArgs(PyList_GET_ITEM(r->recv_futs, i), st->s_done);
+            if (done == NULL)
+                return PYGEN_ERROR;
+            int gone = done == Py_True;
+            Py_DECREF(done);
+            if (gone && PySequence_DelItem(r->recv_futs, i) < 0)
+                return PYGEN_ERROR;
+        }
         PyObject *fut = PyObject_CallMethodNoArgs(r->srv->aloop, st->s_create_future);
         if (fut == NULL)
             return PYGEN_ERROR;
         w->fut_iter = PyObject_CallMethodNoArgs(fut, st->s_await);
-        Py_XSETREF(r->recv_fut, fut);
-        return w->fut_iter ? PYGEN_NEXT : PYGEN_ERROR;
+        int rv = w->fut_iter ? PyList_Append(r->recv_futs, fut) : -1;
+        Py_DECREF(fut);
+        return rv == 0 ? PYGEN_NEXT : PYGEN_ERROR;
     }
     if (r->disconnected || (r->stream == NULL && !r->done)) {
         raise_disconnected(r);
@@ -558,7 +632,7 @@ static PySendResult waiter_resume(waiter_t *w, PyObject **result)
     return PYGEN_RETURN;
 }
 
-static PySendResult waiter_am_send(waiter_t *w, PyObject *arg, PyObject **result)
+static PySendResult waiter_send_step(waiter_t *w, PyObject *arg, PyObject **result)
 {
     for (;;) {
         if (w->fut_iter == NULL) {
@@ -589,6 +663,18 @@ static PySendResult waiter_am_send(waiter_t *w, PyObject *arg, PyObject **result
             return rv;
         arg = Py_None; /* a new future to yield */
     }
+}
+
+static PySendResult waiter_am_send(waiter_t *w, PyObject *arg, PyObject **result)
+{
+    if (w->finished) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    PySendResult rv = waiter_send_step(w, arg, result);
+    if (rv != PYGEN_NEXT && w->req)
+        w->finished = 1;
+    return rv;
 }
 
 static PyObject *gen_result(PySendResult rv, PyObject *v)
@@ -683,15 +769,9 @@ static PyMethodDef waiter_methods[] = {
 };
 
 static PyType_Slot waiter_slots[] = {
-    {Py_tp_dealloc, waiter_dealloc},
-    {Py_tp_traverse, waiter_traverse},
-    {Py_tp_clear, waiter_clear},
-    {Py_tp_iter, self_iter},
-    {Py_tp_iternext, waiter_iternext},
-    {Py_am_await, self_iter},
-    {Py_am_send, waiter_am_send},
-    {Py_tp_methods, waiter_methods},
-    {0, NULL},
+    {Py_tp_dealloc, waiter_dealloc}, {Py_tp_traverse, waiter_traverse}, {Py_tp_clear, waiter_clear},
+    {Py_tp_iter, self_iter},         {Py_tp_iternext, waiter_iternext}, {Py_am_await, self_iter},
+    {Py_am_send, waiter_am_send},    {Py_tp_methods, waiter_methods},   {0, NULL},
 };
 
 static PyType_Spec waiter_spec = {
@@ -703,21 +783,31 @@ static PyType_Spec waiter_spec = {
 
 /* ---- the app's end: what happens when its coroutine returns or raises ---- */
 
-static void respond_500(ph_req_t *r)
+/* The server's own answer when nothing of the app's response has left (a head the app
+ * started is replaced): 500 for an app error, 503 at the shutdown deadline. */
+static void respond_error(ph_req_t *r, int status)
 {
     ph_stream_t *s = r->stream;
-    static const char text[] = "Internal Server Error";
+    const char *text = status == 503 ? "Service Unavailable" : "Internal Server Error";
     static const ph_header_t hs[] = {
         {{"content-type", 12}, {"text/plain; charset=utf-8", 25}},
         {{"connection", 10}, {"close", 5}},
     };
-    if (s->ops->start(s, 500, hs, 2) == 0 && s->ops->body(s, text, sizeof(text) - 1, 0) == 0) {
-        r->started = 1;
-        r->status = 500;
-        r->bytes = sizeof(text) - 1;
-        r->done = 1;
+    r->done = 1; /* from here on the app's sends find the response complete */
+    size_t len = strlen(text);
+    if (s->ops->start(s, status, hs, 2) == 0 && s->ops->body(s, text, len, 0) == 0) {
+        r->started = r->body_started = 1;
+        r->status = status;
+        r->bytes = len;
         access_log(r);
+    } else if (r->stream) {
+        r->stream->ops->abort(r->stream);
     }
+}
+
+static void respond_500(ph_req_t *r)
+{
+    respond_error(r, 500);
 }
 
 /* exc: the exception the app raised (borrowed), or NULL when it returned. */
@@ -730,19 +820,23 @@ static void app_done(ph_req_t *r, PyObject *exc)
     int cancelled = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->cancelled_error);
     if (exc && !cancelled)
         log_exception(srv, "Exception in ASGI application", exc);
-    if (r->stream && !r->disconnected) {
-        if (!r->started) {
+    if (r->stream && !r->disconnected && !r->done) {
+        if (!r->body_started) {
+            /* Nothing has left yet: the client gets a 500, not a bare reset. */
             if (!exc)
-                log_exception(srv, "ASGI callable returned without starting a response", NULL);
+                log_exception(srv,
+                              r->started ? "ASGI callable returned without a response body"
+                                         : "ASGI callable returned without starting a response",
+                              NULL);
             respond_500(r);
-        } else if (!r->done) {
+        } else {
             if (!exc && !cancelled)
                 log_exception(srv, "ASGI callable returned without completing the response", NULL);
             r->stream->ops->abort(r->stream);
         }
     }
     Py_CLEAR(r->task);
-    Py_CLEAR(r->recv_fut);
+    Py_CLEAR(r->recv_futs);
     Py_CLEAR(r->send_fut);
 }
 
@@ -789,7 +883,8 @@ static PySendResult driver_after(driver_t *d, PySendResult rv, PyObject **result
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb && value)
         PyException_SetTraceback(value, tb);
-    int cancelled = r && value && PyObject_TypeCheck(value, (PyTypeObject *)r->srv->st->cancelled_error);
+    int cancelled =
+        r && value && PyObject_TypeCheck(value, (PyTypeObject *)r->srv->st->cancelled_error);
     if (r)
         app_done(r, value);
     Py_CLEAR(d->req);
@@ -950,16 +1045,11 @@ static PyMethodDef driver_methods[] = {
 };
 
 static PyType_Slot driver_slots[] = {
-    {Py_tp_dealloc, driver_dealloc},
-    {Py_tp_traverse, driver_traverse},
-    {Py_tp_clear, driver_clear},
-    {Py_tp_iter, self_iter},
-    {Py_tp_iternext, driver_iternext},
-    {Py_am_await, self_iter},
-    {Py_am_send, driver_am_send},
-    {Py_tp_methods, driver_methods},
-    {Py_tp_getset, driver_getset},
-    {0, NULL},
+    {Py_tp_dealloc, driver_dealloc},   {Py_tp_traverse, driver_traverse},
+    {Py_tp_clear, driver_clear},       {Py_tp_iter, self_iter},
+    {Py_tp_iternext, driver_iternext}, {Py_am_await, self_iter},
+    {Py_am_send, driver_am_send},      {Py_tp_methods, driver_methods},
+    {Py_tp_getset, driver_getset},     {0, NULL},
 };
 
 static PyType_Spec driver_spec = {
@@ -996,20 +1086,20 @@ static void on_body(ph_stream_t *s, const char *data, size_t len)
         r->paused = 1;
         s->ops->pause_body(s);
     }
-    wake(&r->recv_fut, r->srv->st);
+    wake_receivers(r);
 }
 
 static void on_body_end(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
     r->body_end = 1;
-    wake(&r->recv_fut, r->srv->st);
+    wake_receivers(r);
 }
 
 static void on_drain(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
-    wake(&r->send_fut, r->srv->st);
+    wake(r, &r->send_fut);
 }
 
 static void on_disconnect(ph_stream_t *s)
@@ -1017,18 +1107,36 @@ static void on_disconnect(ph_stream_t *s)
     ph_req_t *r = s->user;
     if (!r->done)
         r->disconnected = 1;
-    wake(&r->recv_fut, r->srv->st);
-    wake(&r->send_fut, r->srv->st);
+    wake_receivers(r);
+    wake(r, &r->send_fut);
+}
+
+static void on_peer_closed(ph_stream_t *s)
+{
+    ph_req_t *r = s->user;
+    r->peer_closed = 1;
+    wake_receivers(r); /* a receive() waiting past the body hears the client is done */
 }
 
 static void on_release(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
+    if (r->held) {
+        ph_pyserver_t *srv = r->srv;
+        if (r->hprev)
+            r->hprev->hnext = r->hnext;
+        else
+            srv->held = r->hnext;
+        if (r->hnext)
+            r->hnext->hprev = r->hprev;
+        r->hprev = r->hnext = NULL;
+        r->held = 0;
+    }
     r->stream = NULL;
     if (!r->done)
         r->disconnected = 1;
-    wake(&r->recv_fut, r->srv->st);
-    wake(&r->send_fut, r->srv->st);
+    wake_receivers(r);
+    wake(r, &r->send_fut);
     Py_DECREF(r);
 }
 
@@ -1037,6 +1145,7 @@ static const ph_stream_handler_t asgi_handler = {
     .on_body_end = on_body_end,
     .on_drain = on_drain,
     .on_disconnect = on_disconnect,
+    .on_peer_closed = on_peer_closed,
     .on_release = on_release,
 };
 
@@ -1044,7 +1153,7 @@ static const ph_stream_handler_t asgi_handler = {
 
 static PyObject *method_str(ph_state_t *st, ph_slice_t m)
 {
-    static const char *const names[8] = {"GET",   "HEAD",    "POST",  "PUT",
+    static const char *const names[8] = {"GET",    "HEAD",  "POST",    "PUT",
                                          "DELETE", "PATCH", "OPTIONS", "TRACE"};
     for (int i = 0; i < 8; i++)
         if (strlen(names[i]) == m.len && memcmp(names[i], m.base, m.len) == 0)
@@ -1052,16 +1161,9 @@ static PyObject *method_str(ph_state_t *st, ph_slice_t m)
     return PyUnicode_DecodeLatin1(m.base, (Py_ssize_t)m.len, NULL);
 }
 
-static int set_item(PyObject *d, PyObject *k, PyObject *v)
-{
-    if (v == NULL)
-        return -1;
-    int rv = PyDict_SetItem(d, k, v);
-    Py_DECREF(v);
-    return rv;
-}
-
-/* With --proxy-headers: the trusted proxy's X-Forwarded-For/-Proto replace client and scheme. */
+/* With --proxy-headers: the trusted proxy's X-Forwarded-For/-Proto replace client and scheme.
+ * 0, or -1 with an exception set (the request then fails: a scope built on a half-applied
+ * proxy decision could name the wrong client or scheme). */
 static int apply_proxy(ph_pyserver_t *srv, const ph_request_t *rq, PyObject **client,
                        PyObject **scheme)
 {
@@ -1072,6 +1174,13 @@ static int apply_proxy(ph_pyserver_t *srv, const ph_request_t *rq, PyObject **cl
             xff = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
         else if (n.len == 17 && memcmp(n.base, "x-forwarded-proto", 17) == 0 && xfp == NULL)
             xfp = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
+        else
+            continue;
+        if (PyErr_Occurred()) {
+            Py_XDECREF(xff);
+            Py_XDECREF(xfp);
+            return -1;
+        }
     }
     if (xff == NULL && xfp == NULL)
         return 0;
@@ -1092,115 +1201,116 @@ static int apply_proxy(ph_pyserver_t *srv, const ph_request_t *rq, PyObject **cl
     return 0;
 }
 
-static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
+/* path: root_path + the percent-decoded path as UTF-8; raw_path: root_path + the bytes as sent. */
+static int set_paths(ph_pyserver_t *srv, PyObject *scope, const ph_request_t *rq)
 {
     ph_state_t *st = srv->st;
-    const ph_request_t *rq = &s->req;
-    PyObject *scope = _PyDict_NewPresized(16);
-    if (scope == NULL)
-        return NULL;
-    PyObject *asgi = PyDict_New();
-    if (asgi == NULL || PyDict_SetItem(asgi, st->k_version, st->v_3_0) < 0 ||
-        PyDict_SetItem(asgi, st->k_spec_version, st->v_2_4) < 0) {
-        Py_XDECREF(asgi);
-        goto fail;
-    }
-    PyObject *method = method_str(st, rq->method);
-    PyObject *version = rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
-    PyObject *client = addr_tuple(s->peer);
-    PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);
-    if (client && srv->proxy && client != Py_None && apply_proxy(srv, rq, &client, &scheme) < 0) {
-        Py_CLEAR(client);
-    }
-    if (PyDict_SetItem(scope, st->k_type, st->v_http) < 0 || set_item(scope, st->k_asgi, asgi) < 0 ||
-        PyDict_SetItem(scope, st->k_http_version, version) < 0 ||
-        PyDict_SetItem(scope, st->k_method, method) < 0 ||
-        set_item(scope, st->k_scheme, scheme) < 0) {
-        Py_XDECREF(method);
-        Py_XDECREF(client);
-        goto fail;
-    }
-    /* path: root_path + percent-decoded UTF-8; raw_path: root_path + the bytes as sent. */
     char stackbuf[512];
     char *dec = rq->path.len <= sizeof(stackbuf) ? stackbuf : PyMem_Malloc(rq->path.len);
     if (dec == NULL) {
-        Py_XDECREF(method);
-        Py_XDECREF(client);
         PyErr_NoMemory();
-        goto fail;
+        return -1;
     }
     size_t dl = ph_percent_decode(rq->path.base, rq->path.len, dec);
     PyObject *path = PyUnicode_DecodeUTF8(dec, (Py_ssize_t)dl, "replace");
     if (dec != stackbuf)
         PyMem_Free(dec);
-    PyObject *raw_path = PyBytes_FromStringAndSize(rq->path.base, (Py_ssize_t)rq->path.len);
-    if (path && PyUnicode_GET_LENGTH(srv->root_path) > 0) {
+    PyObject *raw = NULL;
+    Py_ssize_t root_len = PyBytes_GET_SIZE(srv->root_path_bytes);
+    if (path && root_len > 0)
         Py_SETREF(path, PyUnicode_Concat(srv->root_path, path));
-        if (raw_path) {
-            PyObject *full = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(srv->root_path_bytes) +
-                                                                 PyBytes_GET_SIZE(raw_path));
-            if (full) {
-                memcpy(PyBytes_AS_STRING(full), PyBytes_AS_STRING(srv->root_path_bytes),
-                       (size_t)PyBytes_GET_SIZE(srv->root_path_bytes));
-                memcpy(PyBytes_AS_STRING(full) + PyBytes_GET_SIZE(srv->root_path_bytes),
-                       PyBytes_AS_STRING(raw_path), (size_t)PyBytes_GET_SIZE(raw_path));
-            }
-            Py_SETREF(raw_path, full);
-        }
+    if (path)
+        raw = PyBytes_FromStringAndSize(NULL, root_len + (Py_ssize_t)rq->path.len);
+    if (raw) {
+        memcpy(PyBytes_AS_STRING(raw), PyBytes_AS_STRING(srv->root_path_bytes), (size_t)root_len);
+        memcpy(PyBytes_AS_STRING(raw) + root_len, rq->path.base, rq->path.len);
     }
-    if (set_item(scope, st->k_path, path) < 0 || set_item(scope, st->k_raw_path, raw_path) < 0 ||
-        set_item(scope, st->k_query_string,
-                 PyBytes_FromStringAndSize(rq->query.base, (Py_ssize_t)rq->query.len)) < 0 ||
-        PyDict_SetItem(scope, st->k_root_path, srv->root_path) < 0) {
-        Py_XDECREF(method);
-        Py_XDECREF(client);
-        goto fail;
-    }
+    int rv = raw ? 0 : -1;
+    if (rv == 0)
+        rv = PyDict_SetItem(scope, st->k_path, path);
+    if (rv == 0)
+        rv = PyDict_SetItem(scope, st->k_raw_path, raw);
+    Py_XDECREF(path);
+    Py_XDECREF(raw);
+    return rv;
+}
+
+static PyObject *header_list(const ph_request_t *rq)
+{
     PyObject *headers = PyList_New((Py_ssize_t)rq->nheaders);
-    if (headers == NULL) {
-        Py_XDECREF(method);
-        Py_XDECREF(client);
-        goto fail;
-    }
+    if (headers == NULL)
+        return NULL;
     for (size_t i = 0; i < rq->nheaders; i++) {
         const ph_header_t *h = &rq->headers[i];
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(headers);
-            Py_XDECREF(method);
-            Py_XDECREF(client);
-            goto fail;
-        }
-        PyList_SET_ITEM(headers, (Py_ssize_t)i, pair);
         PyObject *n = PyBytes_FromStringAndSize(h->name.base, (Py_ssize_t)h->name.len);
-        PyObject *v = PyBytes_FromStringAndSize(h->value.base, (Py_ssize_t)h->value.len);
-        if (n == NULL || v == NULL) {
+        PyObject *v = n ? PyBytes_FromStringAndSize(h->value.base, (Py_ssize_t)h->value.len) : NULL;
+        PyObject *pair = v ? PyTuple_New(2) : NULL;
+        if (pair == NULL) {
             Py_XDECREF(n);
             Py_XDECREF(v);
             Py_DECREF(headers);
-            Py_XDECREF(method);
-            Py_XDECREF(client);
-            goto fail;
+            return NULL;
         }
         PyTuple_SET_ITEM(pair, 0, n);
         PyTuple_SET_ITEM(pair, 1, v);
+        PyList_SET_ITEM(headers, (Py_ssize_t)i, pair);
     }
-    if (set_item(scope, st->k_headers, headers) < 0 ||
-        PyDict_SetItem(scope, st->k_client, client ? client : Py_None) < 0 ||
-        set_item(scope, st->k_server, server_tuple(srv, s->local)) < 0 ||
-        set_item(scope, st->k_extensions, PyDict_New()) < 0) {
-        Py_XDECREF(method);
-        Py_XDECREF(client);
-        goto fail;
-    }
-    if (srv->state && set_item(scope, st->k_state, PyDict_Copy(srv->state)) < 0) {
-        Py_XDECREF(method);
-        Py_XDECREF(client);
-        goto fail;
-    }
-    if (srv->access_log) {
+    return headers;
+}
+
+/* Sets d[k] = v and drops the reference to v; v NULL (a failed constructor) fails. */
+static int set_new(PyObject *d, PyObject *k, PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    int rv = PyDict_SetItem(d, k, v);
+    Py_DECREF(v);
+    return rv;
+}
+
+/* The request's scope, or NULL with an exception set (nothing leaks either way). */
+static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
+{
+    ph_state_t *st = srv->st;
+    const ph_request_t *rq = &s->req;
+    PyObject *method = method_str(st, rq->method);
+    PyObject *version = rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
+    PyObject *client = method ? addr_tuple(s->peer) : NULL;
+    PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);
+    PyObject *scope = client ? _PyDict_NewPresized(16) : NULL;
+    PyObject *asgi = scope ? PyDict_New() : NULL;
+    int rv = asgi ? 0 : -1;
+    if (rv == 0 && srv->proxy && client != Py_None)
+        rv = apply_proxy(srv, rq, &client, &scheme);
+#define SET(d, k, v)                                                                               \
+    if (rv == 0)                                                                                   \
+    rv = PyDict_SetItem((d), (k), (v))
+#define SET_NEW(d, k, v)                                                                           \
+    if (rv == 0)                                                                                   \
+    rv = set_new((d), (k), (v))
+    SET(asgi, st->k_version, st->v_3_0);
+    SET(asgi, st->k_spec_version, st->v_2_4);
+    SET(scope, st->k_type, st->v_http);
+    SET(scope, st->k_asgi, asgi);
+    SET(scope, st->k_http_version, version);
+    SET(scope, st->k_method, method);
+    SET(scope, st->k_scheme, scheme);
+    if (rv == 0)
+        rv = set_paths(srv, scope, rq);
+    SET_NEW(scope, st->k_query_string,
+            PyBytes_FromStringAndSize(rq->query.base, (Py_ssize_t)rq->query.len));
+    SET(scope, st->k_root_path, srv->root_path);
+    SET_NEW(scope, st->k_headers, header_list(rq));
+    SET(scope, st->k_client, client);
+    SET_NEW(scope, st->k_server, server_tuple(srv, s->local));
+    SET_NEW(scope, st->k_extensions, PyDict_New());
+    if (srv->state)
+        SET_NEW(scope, st->k_state, PyDict_Copy(srv->state));
+#undef SET
+#undef SET_NEW
+    if (rv == 0 && srv->access_log) {
         /* Strings for the log line, kept until the response ends. */
-        if (client && client != Py_None)
+        if (client != Py_None)
             r->log_client = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0),
                                                  PyTuple_GET_ITEM(client, 1));
         else
@@ -1209,16 +1319,22 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
         r->log_path = PyUnicode_DecodeLatin1(rq->target.base, (Py_ssize_t)rq->target.len, NULL);
         r->log_version = Py_NewRef(version);
         if (!r->log_client || !r->log_path) {
+            Py_CLEAR(r->log_client);
             Py_CLEAR(r->log_method);
-            PyErr_Clear();
+            Py_CLEAR(r->log_path);
+            Py_CLEAR(r->log_version);
+            PyErr_Clear(); /* no log line is better than no response */
         }
     }
     Py_XDECREF(method);
     Py_XDECREF(client);
+    Py_XDECREF(scheme);
+    Py_XDECREF(asgi);
+    if (rv < 0 || PyErr_Occurred()) {
+        Py_XDECREF(scope);
+        return NULL;
+    }
     return scope;
-fail:
-    Py_DECREF(scope);
-    return NULL;
 }
 
 /* ---- starting the app ---- */
@@ -1296,6 +1412,11 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     PyObject_GC_Track(r);
     s->handler = &asgi_handler;
     s->user = Py_NewRef(r); /* the stream's reference, dropped in on_release */
+    r->held = 1;            /* listed so the server can show it to the GC */
+    r->hnext = srv->held;
+    if (srv->held)
+        srv->held->hprev = r;
+    srv->held = r;
 
     PyObject *scope = build_scope(srv, s, r);
     PyObject *receive = scope ? PyCFunction_New(&receive_def, (PyObject *)r) : NULL;
@@ -1305,6 +1426,7 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
         PyObject *args[3] = {scope, receive, send};
         coro = PyObject_Vectorcall(srv->app, args, 3, NULL);
     }
+    int have_scope = scope != NULL;
     Py_XDECREF(scope);
     Py_XDECREF(receive);
     Py_XDECREF(send);
@@ -1314,7 +1436,10 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
         PyErr_NormalizeException(&type, &value, &tb);
         if (value && tb)
             PyException_SetTraceback(value, tb);
-        log_exception(srv, "Exception in ASGI application", value);
+        log_exception(srv,
+                      have_scope ? "Exception in ASGI application"
+                                 : "Exception while building the request scope",
+                      value);
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
@@ -1361,10 +1486,18 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     Py_DECREF(r);
 }
 
+ph_req_t *ph_asgi_next_held(ph_req_t *r)
+{
+    return r->hnext;
+}
+
 Py_ssize_t ph_asgi_cancel_all(ph_pyserver_t *srv)
 {
     Py_ssize_t n = 0;
     for (ph_req_t *r = srv->reqs; r; r = r->next) {
+        /* No byte of its response left yet: the client hears why, not a reset. */
+        if (r->stream && !r->disconnected && !r->done && !r->body_started)
+            respond_error(r, 503);
         if (r->task == NULL)
             continue;
         PyObject *res = PyObject_CallMethodNoArgs(r->task, srv->st->s_cancel);
@@ -1392,6 +1525,7 @@ int ph_asgi_init_types(PyObject *module, ph_state_t *st)
     done->fut_iter = NULL;
     done->req = NULL;
     done->kind = WAIT_SEND;
+    done->finished = 0;
     PyObject_GC_Track(done);
     st->done = (PyObject *)done;
     return 0;

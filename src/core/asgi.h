@@ -11,7 +11,8 @@
 
 typedef struct ph_req_s ph_req_t;
 
-/* Interned strings and constants, created once per module. */
+/* Interned strings and constants, created once per module. Object references only (the
+ * module's GC support walks it as an array of them). */
 typedef struct {
     PyTypeObject *server_type, *req_type, *driver_type, *waiter_type;
     PyObject *client_disconnected; /* OSError subclass raised by send() after a disconnect */
@@ -24,8 +25,8 @@ typedef struct {
         *k_path, *k_raw_path, *k_query_string, *k_root_path, *k_headers, *k_client, *k_server,
         *k_state, *k_extensions, *k_body, *k_more_body, *k_status;
     /* values */
-    PyObject *v_http, *v_https, *v_3_0, *v_2_4, *v_1_0, *v_1_1, *v_http_request,
-        *v_http_disconnect, *v_http_response_start, *v_http_response_body;
+    PyObject *v_http, *v_https, *v_3_0, *v_2_4, *v_1_0, *v_1_1, *v_http_request, *v_http_disconnect,
+        *v_http_response_start, *v_http_response_body;
     /* methods and attributes */
     PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
         *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_context,
@@ -39,22 +40,20 @@ typedef struct {
     ph_state_t *st;
     ph_loop_t loop;
     ph_server_t server;
-    ph_listener_t *listeners;
-    size_t nlisteners;
     PyObject *app, *aloop, *state, *root_path, *root_path_bytes;
-    PyObject *ready;      /* the asyncio loop's ready deque, for eager starts on 3.10/3.11 */
-    PyObject *access_log; /* callable(client, method, path, version, status, bytes, seconds) */
+    PyObject *ready;         /* the asyncio loop's ready deque, for eager starts on 3.10/3.11 */
+    PyObject *access_log;    /* callable(client, method, path, version, status, bytes, seconds) */
     PyObject *log_exception; /* callable(message, exc) */
     PyObject *proxy;         /* callable(client_host, x_forwarded_for, x_forwarded_proto) or NULL */
     PyObject *tick, *on_timer; /* bound methods handed to the asyncio loop */
     PyObject *timer_handle;
-    uint64_t timer_deadline;
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
     struct sockaddr_storage server_sockaddr;
-    ph_req_t *reqs;          /* requests whose app has not returned (for shutdown) */
+    ph_req_t *reqs; /* requests whose app has not returned (for shutdown) */
     size_t nreqs;
-    int started, closed, loop_open;
+    ph_req_t *held; /* requests an open stream holds a reference to */
+    int reader_added, closed, loop_open;
 } ph_pyserver_t;
 
 /* Registers the bridge's types on the module; 0 or -1 with an exception. */
@@ -63,7 +62,11 @@ int ph_asgi_init_types(PyObject *module, ph_state_t *st);
 /* The server's on_stream hook. */
 void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *stream);
 
-/* Cancels the tasks of every request whose app is still running; returns how many. */
+/* The next request in srv->held (for the server's GC traversal). */
+ph_req_t *ph_asgi_next_held(ph_req_t *r);
+
+/* Answers 503 to every request no byte of whose response has left, and cancels the tasks of
+ * every request whose app is still running; returns how many were cancelled. */
 Py_ssize_t ph_asgi_cancel_all(ph_pyserver_t *srv);
 
 #endif

@@ -1,9 +1,9 @@
 #include "conn.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define LINGER_MS 2000
+#include <unistd.h>
 
 typedef struct {
     uv_write_t req;
@@ -16,7 +16,24 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_timer(uv_timer_t *t);
 static void on_write_timer(uv_timer_t *t);
-static void close_now(ph_conn_t *conn);
+static void finish(ph_conn_t *conn);
+
+/* Reading is on while the connection is open and not paused, and while it closes (input is
+ * then dropped), until the peer's FIN. */
+static void update_reading(ph_conn_t *conn)
+{
+    int want = !conn->eof && conn->state != PH_CONN_CLOSED &&
+               (conn->state != PH_CONN_OPEN || !conn->paused);
+    if (want && !conn->reading) {
+        if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) {
+            conn->reading = 1;
+            ph_loop_touch(conn->server->loop);
+        }
+    } else if (!want && conn->reading) {
+        uv_read_stop(&conn->h.stream);
+        conn->reading = 0;
+    }
+}
 
 int ph_conn_start(ph_conn_t *conn)
 {
@@ -24,8 +41,11 @@ int ph_conn_start(ph_conn_t *conn)
     conn->rbuf = NULL;
     conn->rstart = conn->rlen = conn->rcap = 0;
     conn->wqueued = 0;
-    conn->reading = conn->eof = conn->closing = conn->shutting = 0;
-    conn->close_after_flush = conn->linger = 0;
+    conn->wtotal = conn->wseen = 0;
+    conn->deadline = conn->armed = 0;
+    conn->state = PH_CONN_OPEN;
+    conn->reading = conn->paused = conn->eof = conn->linger = 0;
+    conn->handles_open = 0;
     conn->h.handle.data = conn;
     uv_timer_init(&server->loop->uv, &conn->timer);
     conn->timer.data = conn;
@@ -45,6 +65,8 @@ int ph_conn_start(ph_conn_t *conn)
     conn->reading = 1;
     return 0;
 }
+
+/* ---- reading ---- */
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -74,32 +96,6 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = conn->rbuf ? conn->rcap - conn->rlen : 0;
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    (void)buf;
-    ph_conn_t *conn = s->data;
-    if (nread == 0 || conn->closing)
-        return;
-    if (nread < 0) {
-        conn->eof = 1;
-        uv_read_stop(s);
-        conn->reading = 0;
-        if (conn->shutting || conn->close_after_flush) {
-            close_now(conn);
-            return;
-        }
-        conn->proto->on_eof(conn, nread == UV_EOF ? 0 : (int)nread);
-        return;
-    }
-    if (conn->shutting || conn->close_after_flush) {
-        /* Lingering: input after our last response is read and dropped. */
-        conn->rstart = conn->rlen = 0;
-        return;
-    }
-    conn->rlen += (size_t)nread;
-    conn->proto->on_read(conn);
-}
-
 static void release_rbuf(ph_conn_t *conn)
 {
     if (conn->rcap == PH_RBUF_SIZE)
@@ -108,6 +104,57 @@ static void release_rbuf(ph_conn_t *conn)
         free(conn->rbuf);
     conn->rbuf = NULL;
     conn->rcap = 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    ph_conn_t *conn = s->data;
+    if (nread == 0 || conn->state == PH_CONN_CLOSED)
+        return;
+    if (nread < 0) {
+        conn->eof = 1;
+        update_reading(conn);
+        int err = nread == UV_EOF ? 0 : (int)nread;
+        if (conn->state == PH_CONN_OPEN)
+            conn->proto->on_eof(conn, err);
+        else if (err < 0 || conn->state == PH_CONN_LINGERING)
+            finish(conn); /* gone, or the FIN we lingered for */
+        /* flushing and the peer only half-closed: it may still be reading, so flush on */
+        return;
+    }
+    if (conn->state != PH_CONN_OPEN) {
+        /* Closing: input after our last response is read and dropped. */
+        conn->rstart = conn->rlen = 0;
+        return;
+    }
+    conn->rlen += (size_t)nread;
+    conn->proto->on_read(conn);
+}
+
+/* Reads what the socket holds right now, outside libuv's poll: a deadline that expired while
+ * the loop was busy must not win over input that arrived in time. 1 if something was read
+ * (or the peer closed), 0 if nothing was waiting. */
+static int read_waiting(ph_conn_t *conn)
+{
+    uv_os_fd_t fd;
+    if (!conn->reading || uv_fileno(&conn->h.handle, &fd) < 0)
+        return 0;
+    uv_buf_t buf;
+    on_alloc(&conn->h.handle, 0, &buf);
+    if (buf.base == NULL || buf.len == 0)
+        return 0;
+    ssize_t n;
+    do
+        n = read(fd, buf.base, buf.len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (conn->rstart == conn->rlen)
+            release_rbuf(conn);
+        return 0;
+    }
+    on_read(&conn->h.stream, n > 0 ? n : (n == 0 ? UV_EOF : -errno), &buf);
+    return 1;
 }
 
 void ph_conn_consume(ph_conn_t *conn, size_t n)
@@ -122,19 +169,29 @@ void ph_conn_consume(ph_conn_t *conn, size_t n)
 
 void ph_conn_pause(ph_conn_t *conn)
 {
-    if (conn->reading && !conn->shutting && !conn->close_after_flush) {
-        uv_read_stop(&conn->h.stream);
-        conn->reading = 0;
-    }
+    conn->paused = 1;
+    update_reading(conn);
 }
 
 void ph_conn_resume(ph_conn_t *conn)
 {
-    if (!conn->reading && !conn->eof && !conn->closing) {
-        if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0)
-            conn->reading = 1;
-        ph_loop_touch(conn->server->loop);
-    }
+    conn->paused = 0;
+    update_reading(conn);
+}
+
+/* ---- writing ---- */
+
+/* Progress is what libuv has written of our queued bytes: its write queue size falls with
+ * every partial write, not only when a whole write request completes. */
+static uint64_t written(ph_conn_t *conn)
+{
+    return conn->wtotal - uv_stream_get_write_queue_size(&conn->h.stream);
+}
+
+static uint64_t write_check_ms(const ph_conn_t *conn)
+{
+    uint64_t ms = conn->server->cfg.timeout_write_ms / 4;
+    return ms ? ms : 1;
 }
 
 static void on_written(uv_write_t *req, int status)
@@ -144,32 +201,33 @@ static void on_written(uv_write_t *req, int status)
     size_t before = conn->wqueued;
     conn->wqueued -= w->len;
     free(w);
-    if (conn->closing)
+    if (conn->state == PH_CONN_CLOSED)
         return;
     if (status < 0) {
         /* The peer is gone; reading will report it too, but a paused reader would not. */
-        if (!conn->close_after_flush && !conn->shutting)
+        conn->eof = 1;
+        update_reading(conn);
+        if (conn->state == PH_CONN_OPEN)
             conn->proto->on_eof(conn, status);
         else
-            close_now(conn);
+            finish(conn);
         return;
     }
     if (conn->wqueued == 0)
         uv_timer_stop(&conn->write_timer);
-    else if (conn->server->cfg.timeout_write_ms)
-        uv_timer_again(&conn->write_timer);
-    if (conn->close_after_flush && conn->wqueued == 0) {
-        close_now(conn);
+    if (conn->state == PH_CONN_FLUSHING) {
+        if (conn->wqueued == 0)
+            ph_conn_close(conn, conn->linger); /* flushed: on to lingering or closed */
         return;
     }
     size_t hw = conn->server->cfg.write_high_water;
-    if (before > hw && conn->wqueued <= hw && !conn->close_after_flush)
+    if (before > hw && conn->wqueued <= hw)
         conn->proto->on_drain(conn);
 }
 
 int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
 {
-    if (conn->closing || conn->shutting || conn->close_after_flush)
+    if (conn->state != PH_CONN_OPEN)
         return PH_ECLOSED;
     size_t total = 0;
     for (unsigned i = 0; i < nbufs; i++)
@@ -189,8 +247,12 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
     /* The socket is full: copy what is left so the caller's buffers are free at once. */
     size_t rest = total - done;
     queued_write_t *w = malloc(sizeof(*w) + rest);
-    if (w == NULL)
-        return PH_ENOMEM;
+    if (w == NULL) {
+        if (done == 0)
+            return PH_ENOMEM; /* nothing went out: the caller may still answer otherwise */
+        ph_conn_abort(conn);  /* part went out: what follows could never be framed right */
+        return PH_ECLOSED;
+    }
     size_t off = 0, skip = done;
     for (unsigned i = 0; i < nbufs; i++) {
         size_t len = bufs[i].len;
@@ -204,23 +266,53 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
     }
     w->conn = conn;
     w->len = rest;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)rest);
+    uv_buf_t b;
+    b.base = w->data; /* not uv_buf_init(): its length is an unsigned int */
+    b.len = rest;
     int rv = uv_write(&w->req, &conn->h.stream, &b, 1, on_written);
     if (rv < 0) {
         free(w);
         return rv;
     }
-    if (conn->wqueued == 0 && conn->server->cfg.timeout_write_ms)
-        uv_timer_start(&conn->write_timer, on_write_timer, conn->server->cfg.timeout_write_ms,
-                       conn->server->cfg.timeout_write_ms);
+    if (conn->wqueued == 0 && conn->server->cfg.timeout_write_ms) {
+        uint64_t now = uv_now(&conn->server->loop->uv);
+        conn->wseen = written(conn);
+        conn->wprogress_at = conn->wcheck_at = now;
+        uv_timer_start(&conn->write_timer, on_write_timer, write_check_ms(conn),
+                       write_check_ms(conn));
+    }
     conn->wqueued += rest;
+    conn->wtotal += rest;
     ph_loop_touch(conn->server->loop);
     return 0;
 }
 
+/* Every quarter of the write timeout: did libuv write anything of the queue since? A peer that
+ * takes nothing for the whole timeout is dropped; one that reads slowly but steadily is not. */
+static void on_write_timer(uv_timer_t *t)
+{
+    ph_conn_t *conn = t->data;
+    if (conn->state == PH_CONN_CLOSED)
+        return;
+    uint64_t now = uv_now(&conn->server->loop->uv);
+    uint64_t w = written(conn);
+    if (w != conn->wseen) {
+        conn->wseen = w;
+        conn->wprogress_at = now;
+    } else if (now - conn->wcheck_at > 2 * write_check_ms(conn)) {
+        /* This check is late: the loop itself was stalled and libuv could not write. */
+        conn->wprogress_at = now;
+    }
+    conn->wcheck_at = now;
+    if (now - conn->wprogress_at >= conn->server->cfg.timeout_write_ms)
+        ph_conn_abort(conn); /* the peer stopped reading: do not keep its bytes forever */
+}
+
+/* ---- deadlines ---- */
+
 void ph_conn_set_timeout(ph_conn_t *conn, uint64_t ms)
 {
-    if (conn->closing)
+    if (conn->state != PH_CONN_OPEN)
         return;
     if (ms == 0) {
         conn->deadline = 0; /* an armed timer fires and finds nothing due */
@@ -240,13 +332,11 @@ void ph_conn_set_timeout(ph_conn_t *conn, uint64_t ms)
 static void on_timer(uv_timer_t *t)
 {
     ph_conn_t *conn = t->data;
-    if (conn->closing)
-        return;
-    if (conn->shutting || conn->close_after_flush) {
-        close_now(conn); /* linger or flush took too long */
+    if (conn->state == PH_CONN_LINGERING) {
+        finish(conn); /* the peer never sent its FIN */
         return;
     }
-    if (conn->deadline == 0)
+    if (conn->state != PH_CONN_OPEN || conn->deadline == 0)
         return;
     uint64_t now = uv_now(&conn->server->loop->uv);
     if (now < conn->deadline) {
@@ -254,49 +344,66 @@ static void on_timer(uv_timer_t *t)
         conn->armed = conn->deadline;
         return;
     }
+    /* Input that is already waiting wins over a deadline that passed at the same time (the
+     * loop may have been busy): the protocol sees it first and moves its deadline. */
+    while (read_waiting(conn)) {
+        if (conn->state != PH_CONN_OPEN || conn->deadline == 0)
+            return;
+        if (now < conn->deadline) {
+            uv_timer_start(&conn->timer, on_timer, conn->deadline - now, 0);
+            conn->armed = conn->deadline;
+            return;
+        }
+    }
     conn->deadline = 0;
     conn->proto->on_timeout(conn);
 }
 
-static void on_write_timer(uv_timer_t *t)
-{
-    /* The peer stopped reading: drop it rather than keep its queued bytes forever. */
-    ph_conn_abort(t->data);
-}
+/* ---- closing ---- */
 
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     (void)status;
     ph_conn_t *conn = req->data;
     free(req);
-    if (conn->closing)
-        return;
-    if (conn->eof)
-        close_now(conn);
-    /* else keep dropping input until EOF or the linger timer */
+    if (conn->state == PH_CONN_LINGERING && conn->eof)
+        finish(conn);
 }
 
 void ph_conn_close(ph_conn_t *conn, int linger)
 {
-    if (conn->closing || conn->shutting || conn->close_after_flush)
-        return;
-    conn->close_after_flush = 1;
-    conn->linger = linger && !conn->eof;
-    if (conn->linger && !conn->reading && !conn->eof) {
-        if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0)
-            conn->reading = 1;
+    if (conn->state == PH_CONN_OPEN) {
+        conn->state = PH_CONN_FLUSHING;
+        conn->linger = linger != 0;
+        conn->deadline = 0;
+        uv_timer_stop(&conn->timer);
+        update_reading(conn); /* read and drop what the peer still sends */
+        ph_loop_touch(conn->server->loop);
     }
-    uv_timer_start(&conn->timer, on_timer, LINGER_MS, 0);
-    if (conn->wqueued == 0)
-        close_now(conn);
-    ph_loop_touch(conn->server->loop);
+    if (conn->state != PH_CONN_FLUSHING || conn->wqueued > 0)
+        return; /* on_written() comes back here when the queue is empty */
+    if (conn->linger && !conn->eof) {
+        /* Send our FIN, keep reading (and dropping) until the peer's FIN or the linger time. */
+        uv_shutdown_t *req = malloc(sizeof(*req));
+        if (req) {
+            req->data = conn;
+            if (uv_shutdown(req, &conn->h.stream, on_shutdown) == 0) {
+                conn->state = PH_CONN_LINGERING;
+                uv_timer_start(&conn->timer, on_timer, conn->server->cfg.linger_ms, 0);
+                ph_loop_touch(conn->server->loop);
+                return;
+            }
+            free(req);
+        }
+    }
+    finish(conn);
 }
 
 static void on_handle_closed(uv_handle_t *h)
 {
     ph_conn_t *conn = h->data;
     /* Three handles close; the connection goes with the last. */
-    if (--conn->closing > 0)
+    if (--conn->handles_open > 0)
         return;
     if (conn->proto && conn->proto->on_free)
         conn->proto->on_free(conn);
@@ -304,25 +411,12 @@ static void on_handle_closed(uv_handle_t *h)
     free(conn);
 }
 
-static void close_now(ph_conn_t *conn)
+/* -> closed: unlinks the connection, tells the protocol, closes the handles. */
+static void finish(ph_conn_t *conn)
 {
-    if (conn->closing)
+    if (conn->state == PH_CONN_CLOSED)
         return;
-    if (conn->linger && !conn->shutting && !conn->eof) {
-        /* Send FIN, keep reading (and dropping) until the peer closes or the timer fires. */
-        uv_shutdown_t *req = malloc(sizeof(*req));
-        if (req) {
-            req->data = conn;
-            if (uv_shutdown(req, &conn->h.stream, on_shutdown) == 0) {
-                conn->shutting = 1;
-                conn->close_after_flush = 0;
-                uv_timer_start(&conn->timer, on_timer, LINGER_MS, 0);
-                ph_loop_touch(conn->server->loop);
-                return;
-            }
-            free(req);
-        }
-    }
+    conn->state = PH_CONN_CLOSED;
     ph_server_t *server = conn->server;
     if (conn->prev)
         conn->prev->next = conn->next;
@@ -333,7 +427,7 @@ static void close_now(ph_conn_t *conn)
     server->nconns--;
     if (conn->proto)
         conn->proto->on_close(conn);
-    conn->closing = 3;
+    conn->handles_open = 3;
     uv_close((uv_handle_t *)&conn->timer, on_handle_closed);
     uv_close((uv_handle_t *)&conn->write_timer, on_handle_closed);
     uv_close(&conn->h.handle, on_handle_closed);
@@ -342,17 +436,16 @@ static void close_now(ph_conn_t *conn)
 
 void ph_conn_abort(ph_conn_t *conn)
 {
-    if (conn->closing)
+    if (conn->state == PH_CONN_CLOSED)
         return;
-    conn->linger = 0;
-    conn->shutting = 0;
-    if (!conn->is_unix && !conn->eof) {
-        /* SO_LINGER 0: reset instead of a FIN, so the peer cannot take a cut-off body as whole. */
+    if (!conn->is_unix) {
+        /* SO_LINGER 0: a reset instead of a FIN, also after the peer's own FIN, so the peer
+         * cannot take a cut-off body (close-delimited above all) for a whole one. */
         uv_os_fd_t fd;
         if (uv_fileno(&conn->h.handle, &fd) == 0) {
             struct linger l = {1, 0};
             setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
         }
     }
-    close_now(conn);
+    finish(conn);
 }

@@ -8,6 +8,10 @@
 /* Unconsumed pipelined input beyond this pauses reading until the current exchange is done. */
 #define PIPELINE_BUFFER_MAX 65536
 
+/* An app that answers before reading the request body: up to this much of the rest is read and
+ * dropped to keep the connection; a longer rest is not worth reading, the connection closes. */
+#define DRAIN_MAX (256 * 1024)
+
 /* Header slots in the first pooled arrays (their bytes must fit PH_BLOCK_SIZE). */
 #define HEADERS_FIRST 32
 
@@ -46,17 +50,21 @@ typedef struct {
     int err_status; /* set by a callback that fails the request */
     const char *err_text;
 
-    /* Request state. */
+    /* Request state. head_timer: the header deadline runs (from the first byte of a request
+     * on, never extended). eof_pending: the peer sent its FIN; what it asked for is answered,
+     * then the connection closes. */
     unsigned in_message : 1, headers_done : 1, msg_complete : 1, stream_open : 1, keep_alive : 1,
-        continue_sent : 1, processing : 1, closed : 1, draining : 1, eof_pending : 1;
+        continue_sent : 1, processing : 1, closed : 1, draining : 1, eof_pending : 1,
+        head_timer : 1;
     uint64_t body_received;
+    uint64_t drain_limit; /* body_received beyond which an unread body is not drained */
 
-    /* Response state. */
+    /* Response state: what op_start() accepted, serialised into obuf until the first body. */
     int resp_state;
     int resp_status;
-    int64_t resp_cl;
+    int64_t resp_cl; /* declared or computed; -1 = none */
     uint64_t resp_sent;
-    unsigned resp_chunked : 1, resp_no_body : 1, resp_has_conn : 1;
+    unsigned resp_chunked : 1, resp_want_chunked : 1, resp_no_body : 1, resp_conn_close : 1;
     char *obuf;
     size_t olen, ocap;
 } h1_t;
@@ -141,7 +149,31 @@ static int out_add(h1_t *h, const char *p, size_t n)
 
 #define OUT_LIT(h, s) out_add((h), (s), sizeof(s) - 1)
 
+static uv_buf_t buf_of(const char *base, size_t len)
+{
+    uv_buf_t b;
+    b.base = (char *)base; /* not uv_buf_init(): its length is an unsigned int */
+    b.len = len;
+    return b;
+}
+
 /* ---- llhttp callbacks ---- */
+
+/* The header deadline counts from the first byte of a request (an empty line before it
+ * counts too) and is never extended by more bytes. */
+static void start_head_timer(h1_t *h)
+{
+    if (h->head_timer)
+        return;
+    h->head_timer = 1;
+    ph_conn_set_timeout(h->conn, h->server->cfg.timeout_request_header_ms);
+}
+
+/* The body deadline is about progress: it moves with every body byte read. */
+static void arm_body_timer(h1_t *h)
+{
+    ph_conn_set_timeout(h->conn, h->server->cfg.timeout_request_body_ms);
+}
 
 static int cb_message_begin(llhttp_t *p)
 {
@@ -156,8 +188,7 @@ static int cb_message_begin(llhttp_t *p)
     h->value_done = 1;
     h->body_received = 0;
     h->err_status = 0;
-    if (h->server->cfg.timeout_request_header_ms)
-        ph_conn_set_timeout(h->conn, h->server->cfg.timeout_request_header_ms);
+    start_head_timer(h);
     return 0;
 }
 
@@ -213,8 +244,8 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
             /* The first arrays are pooled blocks; more headers than fit come from realloc. */
             size_t ncap = h->headers_cap ? h->headers_cap * 2 : HEADERS_FIRST;
             if (reserve(h, (char **)&h->pos, &h->pos_bytes, 0, ncap * sizeof(*h->pos)) < 0 ||
-                reserve(h, (char **)&h->headers, &h->headers_bytes, 0,
-                        ncap * sizeof(*h->headers)) < 0)
+                reserve(h, (char **)&h->headers, &h->headers_bytes, 0, ncap * sizeof(*h->headers)) <
+                    0)
                 return user_error(h, 500, "Out of memory");
             h->headers_cap = ncap;
         }
@@ -319,6 +350,9 @@ static int cb_headers_complete(llhttp_t *p)
     r->is_head = p->method == HTTP_HEAD;
     if (p->method == HTTP_CONNECT)
         return user_error(h, 501, "CONNECT is not supported");
+    /* No protocol takes an upgrade yet: serve the request as HTTP/1.1 and go on with keep-alive
+     * (llhttp would otherwise stop after it, leaving the connection wedged). */
+    p->upgrade = 0;
 
     int hosts = 0, te = 0, cls = 0, chunked = 0;
     for (size_t i = 0; i < h->nheaders; i++) {
@@ -388,6 +422,10 @@ static int cb_headers_complete(llhttp_t *p)
             return user_error(h, 400, "Invalid request-target");
         }
     }
+    /* A #fragment is the client's alone (RFC 9110 §4.2.5); one sent anyway is left out. */
+    const char *hash = memchr(path, '#', (size_t)(tend - path));
+    if (hash)
+        tend = hash;
     const char *q = memchr(path, '?', (size_t)(tend - path));
     r->path = (ph_slice_t){path, (size_t)((q ? q : tend) - path)};
     r->query = q ? (ph_slice_t){q + 1, (size_t)(tend - q - 1)} : (ph_slice_t){tend, 0};
@@ -402,6 +440,10 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
     uint64_t limit = h->server->cfg.limit_request_body;
     if (limit && h->body_received > limit)
         return user_error(h, 413, "Request body too large");
+    if (h->resp_state == RESP_DONE && h->body_received > h->drain_limit)
+        return user_error(h, 413, "Unread request body too large to drain");
+    if (!h->conn->paused)
+        arm_body_timer(h);
     if (h->stream_open && h->stream.handler)
         h->stream.handler->on_body(&h->stream, at, len);
     return 0;
@@ -453,27 +495,40 @@ static void close_conn(h1_t *h, int linger)
     ph_conn_close(h->conn, linger);
 }
 
+/* The peer is gone, or a response is cut short: a reset, never a FIN that could pass for the
+ * end of a close-delimited body. */
+static void abort_conn(h1_t *h)
+{
+    if (h->closed)
+        return;
+    h->closed = 1;
+    disconnect_stream(h);
+    ph_conn_abort(h->conn);
+}
+
 /* Both halves of the exchange are done: next request, or close. */
 static void finish_exchange(h1_t *h)
 {
     release_stream(h);
-    if (!h->keep_alive || h->draining || h->eof_pending) {
-        close_conn(h, 0);
+    ph_conn_t *c = h->conn;
+    int buffered = c->rlen > c->rstart;
+    if (!h->keep_alive || h->draining || (h->eof_pending && !buffered)) {
+        close_conn(h, 1);
         return;
     }
     h->in_message = 0;
     h->msg_complete = 0;
     h->resp_state = RESP_NONE;
     h->continue_sent = 0;
-    ph_conn_set_timeout(h->conn, h->server->cfg.timeout_keep_alive_ms);
-    ph_conn_resume(h->conn);
-    if (h->conn->rlen == h->conn->rstart)
+    h->head_timer = 0;
+    ph_conn_set_timeout(c, h->server->cfg.timeout_keep_alive_ms);
+    ph_conn_resume(c);
+    if (!buffered) {
         release_buffers(h); /* idle: hold no per-request memory while waiting */
-    if (h->conn->rlen > h->conn->rstart) {
-        if (h->processing)
-            return; /* the loop in process() goes on */
-        ph_loop_defer(h->server->loop, &h->resume);
+        return;
     }
+    if (!h->processing) /* else the loop in process() goes on */
+        ph_loop_defer(h->server->loop, &h->resume);
 }
 
 static void response_done(h1_t *h)
@@ -483,22 +538,30 @@ static void response_done(h1_t *h)
         finish_exchange(h);
         return;
     }
-    /* The app answered before reading the whole body. Without the 100 the client may never send
-     * it, and a large unread body is not worth reading: close. Otherwise read on and drop it. */
+    /* The app answered before reading the whole body. finish_head() decided whether the rest
+     * is worth reading to keep the connection (and said `connection: close` if not). */
     release_stream(h);
-    if (h->stream.req.expect_continue && !h->continue_sent) {
-        close_conn(h, 1);
+    if (!h->keep_alive) {
+        close_conn(h, 1); /* lingering reads and drops what the client still sends */
         return;
     }
+    h->drain_limit = h->body_received + DRAIN_MAX;
+    arm_body_timer(h);
     ph_conn_resume(h->conn);
     if (h->conn->rlen > h->conn->rstart && !h->processing)
         ph_loop_defer(h->server->loop, &h->resume);
 }
 
+static int body_expected(const ph_request_t *r)
+{
+    return r->content_length > 0 || r->chunked;
+}
+
 static void on_headers(h1_t *h)
 {
-    ph_conn_set_timeout(h->conn, 0);
     ph_request_t *r = &h->stream.req;
+    h->head_timer = 0;
+    ph_conn_set_timeout(h->conn, 0);
     if (h->head_lfs != h->nheaders + 2) {
         /* RFC 9112 §5.2: a server may reject obs-fold with 400; joining lines is riskier. */
         fail(h, 400, "Obsolete line folding in a header");
@@ -513,8 +576,13 @@ static void on_headers(h1_t *h)
     h->resp_state = RESP_NONE;
     h->resp_cl = -1;
     h->resp_sent = 0;
-    h->resp_chunked = h->resp_no_body = h->resp_has_conn = 0;
+    h->resp_chunked = h->resp_want_chunked = h->resp_no_body = h->resp_conn_close = 0;
     h->continue_sent = 0;
+    h->drain_limit = UINT64_MAX;
+    /* A client that expects a 100 sends nothing before it: the body deadline starts when the
+     * 100 goes out (op_want_body). */
+    if (body_expected(r) && !(r->expect_continue && r->http_minor >= 1))
+        arm_body_timer(h);
     h->stream.ops = &h1_ops;
     h->stream.handler = NULL;
     h->stream.user = NULL;
@@ -529,8 +597,11 @@ static void on_headers(h1_t *h)
 static void on_message(h1_t *h)
 {
     h->msg_complete = 1;
-    if (h->stream_open && h->stream.handler)
-        h->stream.handler->on_body_end(&h->stream);
+    if (h->stream_open) {
+        ph_conn_set_timeout(h->conn, 0); /* the app has the whole request: no deadline of ours */
+        if (h->stream.handler)
+            h->stream.handler->on_body_end(&h->stream);
+    }
     if (h->resp_state == RESP_DONE)
         finish_exchange(h);
 }
@@ -567,15 +638,9 @@ static int parse_error_status(h1_t *h, llhttp_errno_t err, const char **text)
         }
         *text = "Transfer-Encoding does not end in chunked";
         return 400;
-    case HPE_INVALID_VERSION:
-        *text = "Invalid HTTP version";
-        return 400;
-    case HPE_INVALID_METHOD:
-        *text = "Invalid or unsupported method";
-        return 400;
-    default:
-        *text = llhttp_get_error_reason(&h->parser);
-        return 400;
+    case HPE_INVALID_VERSION: *text = "Invalid HTTP version"; return 400;
+    case HPE_INVALID_METHOD: *text = "Invalid or unsupported method"; return 400;
+    default: *text = llhttp_get_error_reason(&h->parser); return 400;
     }
 }
 
@@ -590,7 +655,8 @@ static int version_status(h1_t *h, const char *pos)
     while (v > start && v[-1] != ' ' && v[-1] != '\n')
         v--;
     if (end - v >= 8 && memcmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
-        v[7] >= '0' && v[7] <= '9' && (end - v == 8 || (v[8] == '\r' && (end - v == 9 || v[9] == '\n'))))
+        v[7] >= '0' && v[7] <= '9' &&
+        (end - v == 8 || (v[8] == '\r' && (end - v == 9 || v[9] == '\n'))))
         return 505;
     return 400;
 }
@@ -652,13 +718,11 @@ static void process(h1_t *h)
             continue;
         }
         if (err == HPE_PAUSED_UPGRADE) {
-            /* No protocol upgrades yet: answer the request, then close. */
+            /* Not reached: cb_headers_complete() turns every upgrade down. */
             ph_conn_consume(c, used);
             llhttp_resume_after_upgrade(&h->parser);
-            h->keep_alive = 0;
-            if (h->event == EV_MESSAGE)
-                on_message(h);
-            break;
+            resumed = 1;
+            continue;
         }
         const char *text;
         int status = parse_error_status(h, err, &text);
@@ -682,7 +746,8 @@ static void process(h1_t *h)
         return;
     if (h->stream_open && h->msg_complete && c->rlen - c->rstart > PIPELINE_BUFFER_MAX)
         ph_conn_pause(c);
-    if (h->eof_pending && !h->stream_open && !h->in_message)
+    /* The peer's FIN came: once no answer is in the making, nothing more can be asked. */
+    if (h->eof_pending && !h->stream_open)
         close_conn(h, 0);
 }
 
@@ -717,20 +782,20 @@ static void write_simple(h1_t *h, int status, const char *text)
     n += 2;
     uv_buf_t bufs[4];
     unsigned nb = 0;
-    bufs[nb++] = uv_buf_init(head, (unsigned)n);
+    bufs[nb++] = buf_of(head, n);
     const ph_config_t *cfg = &h->server->cfg;
     if (cfg->server_header)
-        bufs[nb++] = uv_buf_init((char *)"server: pronghorn\r\n", 19);
+        bufs[nb++] = buf_of("server: pronghorn\r\n", 19);
     char date[6 + PH_DATE_LEN + 4];
     if (cfg->date_header) {
         memcpy(date, "date: ", 6);
         memcpy(date + 6, ph_date_now(), PH_DATE_LEN);
         memcpy(date + 6 + PH_DATE_LEN, "\r\n\r\n", 4);
-        bufs[nb++] = uv_buf_init(date, 6 + PH_DATE_LEN + 4);
+        bufs[nb++] = buf_of(date, 6 + PH_DATE_LEN + 4);
     } else {
-        bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
+        bufs[nb++] = buf_of("\r\n", 2);
     }
-    bufs[nb++] = uv_buf_init(body, (unsigned)(bl + 1));
+    bufs[nb++] = buf_of(body, bl + 1);
     ph_conn_write(h->conn, bufs, nb);
 }
 
@@ -739,66 +804,66 @@ static void fail(h1_t *h, int status, const char *text)
 {
     if (h->closed)
         return;
-    int state = h->resp_state;
-    disconnect_stream(h);
-    if (state == RESP_BODY) {
-        /* Part of a response is out: only a reset tells the client it is cut short. */
-        h->closed = 1;
-        ph_conn_abort(h->conn);
+    if (h->resp_state == RESP_BODY) {
+        abort_conn(h); /* part of a response is out: only a reset tells it is cut short */
         return;
     }
-    if (state == RESP_DONE) {
+    if (h->resp_state == RESP_DONE) {
         close_conn(h, 1); /* the request was answered; its tail was bad */
         return;
     }
+    disconnect_stream(h);
     write_simple(h, status, text ? text : ph_status_reason(status));
     close_conn(h, 1);
 }
 
+#define STREAM_H1(s) ((h1_t *)((char *)(s)-offsetof(h1_t, stream)))
+
+/* The app's headers are checked and serialised; framing and connection headers are the
+ * server's own (finish_head() writes them from what is decided when the body starts). Nothing
+ * changes unless all of it is valid, so a rejected start leaves no trace and a later one may
+ * replace the head as long as no byte of it has been sent. */
 static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
 {
-    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    h1_t *h = STREAM_H1(s);
     if (h->closed || !h->stream_open)
         return PH_ECLOSED;
-    if (h->resp_state != RESP_NONE)
+    if (h->resp_state != RESP_NONE && h->resp_state != RESP_STARTED)
         return PH_ESTATE;
     if (status < 100 || status > 999)
         return PH_EINVAL;
-    const ph_config_t *cfg = &h->server->cfg;
-    int has_server = 0, has_date = 0;
-    h->resp_cl = -1;
+    int64_t cl = -1;
+    int want_chunked = 0, conn_close = 0, has_server = 0, has_date = 0;
     for (size_t i = 0; i < n; i++) {
         ph_slice_t nm = hs[i].name, v = hs[i].value;
         if (!ph_is_token(nm.base, nm.len) || !ph_is_field_value(v.base, v.len))
             return PH_EINVAL;
         if (ph_eq_lower(nm.base, nm.len, "content-length", 14)) {
-            int64_t cl = ph_parse_decimal(v.base, v.len);
-            if (cl < 0 || (h->resp_cl >= 0 && cl != h->resp_cl))
+            int64_t x = ph_parse_decimal(v.base, v.len);
+            if (x < 0 || (cl >= 0 && x != cl))
                 return PH_EINVAL;
-            h->resp_cl = cl;
+            cl = x;
         } else if (ph_eq_lower(nm.base, nm.len, "transfer-encoding", 17)) {
             if (!ph_eq_lower(v.base, v.len, "chunked", 7))
                 return PH_EINVAL;
-            h->resp_chunked = 1;
+            want_chunked = 1;
         } else if (ph_eq_lower(nm.base, nm.len, "connection", 10)) {
-            h->resp_has_conn = 1;
-            /* "close" anywhere in the list ends keep-alive. */
-            for (size_t j = 0; j + 5 <= v.len; j++)
-                if (ph_eq_lower(v.base + j, 5, "close", 5))
-                    h->keep_alive = 0;
-        } else if (nm.len == 6 && ph_eq_lower(nm.base, 6, "server", 6)) {
+            if (ph_has_token(v.base, v.len, "close", 5))
+                conn_close = 1;
+        } else if (ph_eq_lower(nm.base, nm.len, "server", 6)) {
             has_server = 1;
-        } else if (nm.len == 4 && ph_eq_lower(nm.base, 4, "date", 4)) {
+        } else if (ph_eq_lower(nm.base, nm.len, "date", 4)) {
             has_date = 1;
         }
     }
-    if (h->resp_chunked && h->resp_cl >= 0)
+    if (want_chunked && cl >= 0)
         return PH_EINVAL;
+
+    const ph_config_t *cfg = &h->server->cfg;
     h->olen = 0;
     char line[64];
-    size_t l = 0;
+    size_t l = 9;
     memcpy(line, "HTTP/1.1 ", 9);
-    l = 9;
     l += ph_u64toa((uint64_t)status, line + l);
     line[l++] = ' ';
     int rv = out_add(h, line, l);
@@ -806,10 +871,12 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     rv |= out_add(h, reason, strlen(reason));
     rv |= OUT_LIT(h, "\r\n");
     for (size_t i = 0; i < n; i++) {
-        /* An app's own Transfer-Encoding is replaced by ours (same value), set at the body. */
-        if (h->resp_chunked && ph_eq_lower(hs[i].name.base, hs[i].name.len, "transfer-encoding", 17))
+        ph_slice_t nm = hs[i].name;
+        if (ph_eq_lower(nm.base, nm.len, "content-length", 14) ||
+            ph_eq_lower(nm.base, nm.len, "transfer-encoding", 17) ||
+            ph_eq_lower(nm.base, nm.len, "connection", 10))
             continue;
-        rv |= out_add(h, hs[i].name.base, hs[i].name.len);
+        rv |= out_add(h, nm.base, nm.len);
         rv |= OUT_LIT(h, ": ");
         rv |= out_add(h, hs[i].value.base, hs[i].value.len);
         rv |= OUT_LIT(h, "\r\n");
@@ -823,59 +890,81 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     }
     if (cfg->extra_headers.len)
         rv |= out_add(h, cfg->extra_headers.base, cfg->extra_headers.len);
-    if (rv)
+    if (rv) {
+        h->olen = 0;
+        h->resp_state = RESP_NONE;
         return PH_ENOMEM;
+    }
     h->resp_status = status;
+    h->resp_cl = cl;
+    h->resp_want_chunked = want_chunked;
+    h->resp_conn_close = conn_close;
     h->resp_no_body = s->req.is_head || status < 200 || status == 204 || status == 304;
-    if (status < 200)
-        h->keep_alive = 0; /* a 1xx as the final answer leaves the client waiting: close */
-    if (h->draining)
-        h->keep_alive = 0;
     h->resp_state = RESP_STARTED;
     return 0;
 }
 
-/* Ends the head: framing and connection headers, then the blank line. */
+/* Whether keep-alive survives an answer given before the request body was all read: the rest
+ * must be coming (no 100 the client still waits for) and short enough to drop. */
+static int unread_body_drains(h1_t *h)
+{
+    const ph_request_t *r = &h->stream.req;
+    if (h->msg_complete || !body_expected(r))
+        return 1;
+    if (r->expect_continue && r->http_minor >= 1 && !h->continue_sent)
+        return 0;
+    if (r->content_length > 0)
+        return (uint64_t)r->content_length - h->body_received <= DRAIN_MAX;
+    return 1; /* chunked: drained up to DRAIN_MAX, then closed */
+}
+
+/* Ends the head: framing (RFC 9112 §6: Content-Length, chunked on HTTP/1.1, or the close on
+ * HTTP/1.0) and the connection header, then the blank line. */
 static int finish_head(h1_t *h, size_t first_len, int more)
 {
     int rv = 0;
     const ph_request_t *r = &h->stream.req;
-    int no_framing = h->resp_status < 200 || h->resp_status == 204;
-    if (h->resp_cl < 0 && !no_framing && !(h->resp_no_body && h->resp_status == 304)) {
-        if (!more && !h->resp_chunked && !r->is_head) {
-            h->resp_cl = (int64_t)first_len; /* the whole body is known: say so */
-        } else if (r->is_head && !more && !h->resp_chunked) {
-            /* HEAD without a declared length: nothing to frame. */
-        } else if (r->http_minor >= 1) {
-            h->resp_chunked = 1;
-        } else {
-            h->keep_alive = 0; /* HTTP/1.0: the close ends the body */
-        }
-        if (h->resp_cl >= 0) {
-            char num[24];
-            size_t nl = ph_u64toa((uint64_t)h->resp_cl, num);
-            rv |= OUT_LIT(h, "content-length: ");
-            rv |= out_add(h, num, nl);
-            rv |= OUT_LIT(h, "\r\n");
-        }
+    int status = h->resp_status;
+    if (h->draining || h->resp_conn_close || !unread_body_drains(h))
+        h->keep_alive = 0;
+    h->resp_chunked = 0;
+    if (status < 200 || status == 204) {
+        h->resp_cl = -1; /* RFC 9110 §8.6, RFC 9112 §6.1: neither length nor coding */
+    } else if (h->resp_cl >= 0) {
+        /* the app's length (a HEAD or 304 may declare the length of the GET / 200 body) */
+    } else if (status == 304) {
+        /* no body, no framing */
+    } else if (!more && !h->resp_want_chunked && !r->is_head) {
+        h->resp_cl = (int64_t)first_len; /* the whole body is known: say so */
+    } else if (r->is_head && !more && !h->resp_want_chunked) {
+        /* HEAD without a declared length: nothing to frame */
+    } else if (r->http_minor >= 1) {
+        h->resp_chunked = 1;
+    } else {
+        h->keep_alive = 0; /* HTTP/1.0: never chunked; the close ends the body */
     }
-    if (h->resp_chunked && !no_framing)
+    if (h->resp_cl >= 0) {
+        char num[24];
+        size_t nl = ph_u64toa((uint64_t)h->resp_cl, num);
+        rv |= OUT_LIT(h, "content-length: ");
+        rv |= out_add(h, num, nl);
+        rv |= OUT_LIT(h, "\r\n");
+    }
+    if (h->resp_chunked)
         rv |= OUT_LIT(h, "transfer-encoding: chunked\r\n");
-    else
-        h->resp_chunked = 0;
-    if (!h->resp_has_conn) {
-        if (!h->keep_alive && r->http_minor >= 1)
-            rv |= OUT_LIT(h, "connection: close\r\n");
-        else if (h->keep_alive && r->http_minor == 0)
-            rv |= OUT_LIT(h, "connection: keep-alive\r\n");
-    }
+    if (!h->keep_alive && r->http_minor >= 1)
+        rv |= OUT_LIT(h, "connection: close\r\n");
+    else if (h->keep_alive && r->http_minor == 0)
+        rv |= OUT_LIT(h, "connection: keep-alive\r\n");
     rv |= OUT_LIT(h, "\r\n");
+    if (h->resp_no_body)
+        h->resp_chunked = 0; /* a HEAD says chunked as its GET would, but sends no chunks */
     return rv ? PH_ENOMEM : 0;
 }
 
 static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
 {
-    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    h1_t *h = STREAM_H1(s);
     if (h->closed || !h->stream_open)
         return PH_ECLOSED;
     if (h->resp_state != RESP_STARTED && h->resp_state != RESP_BODY)
@@ -890,16 +979,19 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
     }
     uv_buf_t bufs[4];
     unsigned nb = 0;
+    size_t head_len = h->olen;
+    int keep_alive = h->keep_alive;
     if (h->resp_state == RESP_STARTED) {
         int rv = finish_head(h, len, more);
-        if (rv < 0)
+        if (rv < 0) {
+            h->olen = head_len;
+            h->keep_alive = keep_alive;
             return rv;
-        bufs[nb++] = uv_buf_init(h->obuf, (unsigned)h->olen);
-        h->resp_state = RESP_BODY;
+        }
+        bufs[nb++] = buf_of(h->obuf, h->olen);
     }
-    int chunks = h->resp_chunked && !h->resp_no_body;
     char prefix[24];
-    if (len && chunks) {
+    if (len && h->resp_chunked) {
         static const char hex[] = "0123456789abcdef";
         char tmp[20];
         size_t t = 0, v = len;
@@ -912,24 +1004,33 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
             prefix[pl++] = tmp[--t];
         prefix[pl++] = '\r';
         prefix[pl++] = '\n';
-        bufs[nb++] = uv_buf_init(prefix, (unsigned)pl);
+        bufs[nb++] = buf_of(prefix, pl);
     }
     if (len)
-        bufs[nb++] = uv_buf_init((char *)data, (unsigned)len);
-    if (chunks) {
+        bufs[nb++] = buf_of(data, len);
+    if (h->resp_chunked) {
         if (len && more)
-            bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
+            bufs[nb++] = buf_of("\r\n", 2);
         else if (len && !more)
-            bufs[nb++] = uv_buf_init((char *)"\r\n0\r\n\r\n", 7);
+            bufs[nb++] = buf_of("\r\n0\r\n\r\n", 7);
         else if (!more)
-            bufs[nb++] = uv_buf_init((char *)"0\r\n\r\n", 5);
+            bufs[nb++] = buf_of("0\r\n\r\n", 5);
     }
-    h->resp_sent += len;
     int rv = nb ? ph_conn_write(h->conn, bufs, nb) : 0;
+    if (rv == PH_ENOMEM) {
+        /* nothing was written: the exchange can still fail cleanly */
+        if (h->resp_state == RESP_STARTED) {
+            h->olen = head_len;
+            h->keep_alive = keep_alive;
+        }
+        return rv;
+    }
     if (rv < 0) {
-        fail(h, 500, NULL);
+        abort_conn(h); /* the socket failed: the peer is gone */
         return PH_ECLOSED;
     }
+    h->resp_state = RESP_BODY;
+    h->resp_sent += len;
     if (!more)
         response_done(h);
     return 0;
@@ -937,39 +1038,38 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
 
 static void op_want_body(ph_stream_t *s)
 {
-    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    h1_t *h = STREAM_H1(s);
     if (h->closed || !h->stream_open)
         return;
     /* RFC 9110 §10.1.1: never a 100 to an HTTP/1.0 client. */
-    if (s->req.expect_continue && s->req.http_minor >= 1 && !h->continue_sent &&
-        !h->msg_complete && h->resp_state == RESP_NONE) {
+    if (s->req.expect_continue && s->req.http_minor >= 1 && !h->continue_sent && !h->msg_complete &&
+        h->resp_state == RESP_NONE) {
         h->continue_sent = 1;
-        uv_buf_t b = uv_buf_init((char *)"HTTP/1.1 100 Continue\r\n\r\n", 25);
+        uv_buf_t b = buf_of("HTTP/1.1 100 Continue\r\n\r\n", 25);
         ph_conn_write(h->conn, &b, 1);
     }
     ph_conn_resume(h->conn);
+    if (!h->msg_complete)
+        arm_body_timer(h);
 }
 
 static void op_pause_body(ph_stream_t *s)
 {
-    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
-    if (!h->closed && !h->msg_complete)
-        ph_conn_pause(h->conn);
+    h1_t *h = STREAM_H1(s);
+    if (h->closed || h->msg_complete)
+        return;
+    ph_conn_pause(h->conn);
+    ph_conn_set_timeout(h->conn, 0); /* the app holds the body: the client is not late */
 }
 
 static void op_abort(ph_stream_t *s)
 {
-    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
-    if (h->closed)
-        return;
-    release_stream(h);
-    h->closed = 1;
-    ph_conn_abort(h->conn);
+    abort_conn(STREAM_H1(s));
 }
 
 static size_t op_queued(ph_stream_t *s)
 {
-    h1_t *h = (h1_t *)((char *)s - offsetof(h1_t, stream));
+    h1_t *h = STREAM_H1(s);
     return h->closed ? 0 : ph_conn_queued(h->conn);
 }
 
@@ -987,8 +1087,8 @@ static const ph_stream_ops_t h1_ops = {
 static void on_read(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
-    if (!h->in_message && !h->stream_open && h->server->cfg.timeout_request_header_ms)
-        ph_conn_set_timeout(conn, h->server->cfg.timeout_request_header_ms);
+    if (!h->in_message && !h->stream_open)
+        start_head_timer(h); /* bytes of the next request (maybe only empty lines) */
     process(h);
 }
 
@@ -1001,13 +1101,27 @@ static void on_resume(ph_defer_t *d)
 static void on_eof(ph_conn_t *conn, int err)
 {
     h1_t *h = conn->proto_data;
-    if (err == 0 && !h->stream_open && !h->in_message && conn->rlen > conn->rstart) {
-        /* Complete requests may still wait in the buffer: answer them, then close. */
-        h->eof_pending = 1;
-        process(h);
+    if (err < 0) {
+        abort_conn(h); /* reset, or a write failed: nothing more reaches the peer */
         return;
     }
-    close_conn(h, 0);
+    h->eof_pending = 1;
+    if (h->stream_open && h->msg_complete) {
+        /* A half-close after a whole request (RFC 9112 §9.6): the client may still read, so
+         * the answer goes out; an app waiting for more input hears the client is done. */
+        if (h->stream.handler && h->stream.handler->on_peer_closed)
+            h->stream.handler->on_peer_closed(&h->stream);
+        return;
+    }
+    if (h->in_message) {
+        /* A request cut short: the client gave up on it (a response mid-body is reset). */
+        if (h->resp_state == RESP_BODY)
+            abort_conn(h);
+        else
+            close_conn(h, 0);
+        return;
+    }
+    process(h); /* complete requests may still wait in the buffer: answer them, then close */
 }
 
 static void on_drain(ph_conn_t *conn)
@@ -1020,14 +1134,17 @@ static void on_drain(ph_conn_t *conn)
 static void on_timeout(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
-    if (h->stream_open)
-        return; /* the app has the request; no timeout applies to it here */
-    if (h->in_message && !h->headers_done) {
-        write_simple(h, 408, "Request header timeout");
-        close_conn(h, 1);
+    if (h->stream_open && h->msg_complete)
+        return; /* the app has the request; no deadline of ours applies to it */
+    if (h->in_message && h->headers_done) {
+        fail(h, 408, "Request body timeout");
         return;
     }
-    close_conn(h, 0);
+    if (h->in_message) {
+        fail(h, 408, "Request header timeout");
+        return;
+    }
+    close_conn(h, 0); /* idle too long (keep-alive), or only empty lines came */
 }
 
 static void on_close(ph_conn_t *conn)
@@ -1049,8 +1166,20 @@ static void drain(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
     h->draining = 1;
-    if (!h->stream_open && !h->in_message)
-        close_conn(h, 0);
+    if (!h->stream_open)
+        close_conn(h, h->in_message); /* idle, or dropping an unread body: go now */
+}
+
+static void expire(ph_conn_t *conn)
+{
+    h1_t *h = conn->proto_data;
+    h->draining = 1;
+    if (h->stream_open && h->resp_state == RESP_BODY)
+        abort_conn(h);
+    else if (h->stream_open)
+        fail(h, 503, "Server shutting down");
+    else
+        close_conn(h, h->in_message);
 }
 
 static const ph_conn_proto_t h1_proto = {
@@ -1061,6 +1190,7 @@ static const ph_conn_proto_t h1_proto = {
     .on_close = on_close,
     .on_free = on_free,
     .drain = drain,
+    .expire = expire,
 };
 
 int ph_h1_attach(ph_conn_t *conn)
@@ -1090,10 +1220,8 @@ int ph_h1_attach(ph_conn_t *conn)
     h->parser.data = h;
     conn->proto = &h1_proto;
     conn->proto_data = h;
-    uint64_t t = conn->server->cfg.timeout_keep_alive_ms;
-    if (conn->server->cfg.timeout_request_header_ms)
-        t = conn->server->cfg.timeout_request_header_ms;
-    ph_conn_set_timeout(conn, t);
+    /* A new connection owes its first request head within the header timeout. */
+    start_head_timer(h);
     if (conn->server->draining)
         drain(conn);
     return 0;

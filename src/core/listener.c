@@ -1,6 +1,7 @@
 #include "listener.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 static void on_connection(uv_stream_t *s, int status)
 {
@@ -38,7 +39,7 @@ static void on_connection(uv_stream_t *s, int status)
         /* Over the limit: a last answer from a static buffer, then the socket goes at once. */
         static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n"
                                    "content-length: 0\r\n\r\n";
-        uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
+        uv_buf_t b = {.base = (char *)busy, .len = sizeof(busy) - 1};
         uv_try_write(&conn->h.stream, &b, 1);
         uv_close(&conn->h.handle, (uv_close_cb)free);
         return;
@@ -47,28 +48,37 @@ static void on_connection(uv_stream_t *s, int status)
         ph_conn_abort(conn);
 }
 
-int ph_listener_start(ph_listener_t *l, ph_server_t *server, int fd, int is_unix, int backlog)
+int ph_listener_start(ph_listener_t *l, ph_server_t *server)
 {
     l->server = server;
-    l->is_unix = is_unix;
-    l->open = 0;
-    int rv = is_unix ? uv_pipe_init(&server->loop->uv, &l->h.pipe, 0)
-                     : uv_tcp_init(&server->loop->uv, &l->h.tcp);
-    if (rv < 0)
+    int rv = l->is_unix ? uv_pipe_init(&server->loop->uv, &l->h.pipe, 0)
+                        : uv_tcp_init(&server->loop->uv, &l->h.tcp);
+    if (rv < 0) {
+        close(l->fd);
+        l->fd = -1;
         return rv;
+    }
     l->h.handle.data = l;
-    l->open = 1;
-    rv = is_unix ? uv_pipe_open(&l->h.pipe, fd) : uv_tcp_open(&l->h.tcp, fd);
-    if (rv < 0)
+    l->has_handle = 1;
+    rv = l->is_unix ? uv_pipe_open(&l->h.pipe, l->fd) : uv_tcp_open(&l->h.tcp, l->fd);
+    if (rv < 0) {
+        close(l->fd);
+        l->fd = -1;
         return rv;
-    return uv_listen(&l->h.stream, backlog, on_connection);
+    }
+    l->fd = -1; /* the handle's now */
+    return uv_listen(&l->h.stream, l->backlog, on_connection);
 }
 
-void ph_listener_close(ph_listener_t *l, void (*on_closed)(uv_handle_t *))
+void ph_listener_close(ph_listener_t *l)
 {
-    if (!l->open)
-        return;
-    l->open = 0;
-    uv_close(&l->h.handle, on_closed);
-    ph_loop_touch(l->server->loop);
+    if (l->has_handle) {
+        if (!uv_is_closing(&l->h.handle)) {
+            uv_close(&l->h.handle, NULL);
+            ph_loop_touch(l->server->loop);
+        }
+    } else if (l->fd >= 0) {
+        close(l->fd);
+    }
+    l->fd = -1;
 }

@@ -5,7 +5,7 @@
 
 #include "conn.h"
 
-typedef struct ph_listener_s {
+struct ph_listener_s {
     union {
         uv_handle_t handle;
         uv_stream_t stream;
@@ -13,15 +13,17 @@ typedef struct ph_listener_s {
         uv_pipe_t pipe;
     } h;
     ph_server_t *server;
-    int fd, is_unix, backlog;
-    int open;
-} ph_listener_t;
+    int fd; /* ours until the handle takes it; -1 once it is the handle's or closed */
+    int is_unix, backlog;
+    int has_handle; /* h was initialised (it must be closed through libuv) */
+};
 
-/* Starts listening on fd (a bound socket, TCP or Unix; the listener owns it from now on).
- * 0 or a negative libuv error. */
-int ph_listener_start(ph_listener_t *l, ph_server_t *server, int fd, int is_unix, int backlog);
+/* Starts listening on l->fd (a bound socket, TCP or Unix). 0 or a negative libuv error; on
+ * error the fd is closed too (call ph_listener_close() for the handle). */
+int ph_listener_start(ph_listener_t *l, ph_server_t *server);
 
-/* Stops accepting and closes the socket; the struct must live until on_closed is called. */
-void ph_listener_close(ph_listener_t *l, void (*on_closed)(uv_handle_t *));
+/* Stops accepting and closes the socket (also one never started); idempotent. The struct must
+ * live until libuv has closed the handle (ph_loop_close()). */
+void ph_listener_close(ph_listener_t *l);
 
 #endif

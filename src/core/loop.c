@@ -6,8 +6,10 @@ int ph_loop_init(ph_loop_t *loop)
 {
     loop->in_tick = 0;
     loop->kick_pending = 0;
+    loop->host_deadline = UINT64_MAX;
     loop->defer_head = loop->defer_tail = NULL;
     loop->kick = NULL;
+    loop->set_timer = NULL;
     loop->host = NULL;
     return uv_loop_init(&loop->uv);
 }
@@ -41,7 +43,42 @@ static void run_deferred(ph_loop_t *loop)
     }
 }
 
-int ph_loop_tick(ph_loop_t *loop)
+static void kick(ph_loop_t *loop)
+{
+    if (loop->kick_pending || !loop->kick)
+        return;
+    loop->kick_pending = 1;
+    loop->kick(loop);
+}
+
+/* The host's timer must not be later than libuv's next timer: a timer armed earlier than the
+ * one the host waits for (a keep-alive after an async response) would otherwise fire late. */
+static void sync_host_timer(ph_loop_t *loop)
+{
+    if (!loop->set_timer || !uv_loop_alive(&loop->uv))
+        return;
+    if (!loop->in_tick)
+        uv_update_time(&loop->uv); /* from app code: the loop's clock may be stale */
+    int ms = uv_backend_timeout(&loop->uv);
+    if (ms < 0)
+        return;
+    if (ms == 0) {
+        kick(loop);
+        return;
+    }
+    uint64_t deadline = uv_now(&loop->uv) + (uint64_t)ms;
+    if (deadline >= loop->host_deadline)
+        return;
+    loop->host_deadline = deadline;
+    loop->set_timer(loop, (uint64_t)ms);
+}
+
+void ph_loop_timer_fired(ph_loop_t *loop)
+{
+    loop->host_deadline = UINT64_MAX;
+}
+
+void ph_loop_tick(ph_loop_t *loop)
 {
     loop->in_tick = 1;
     loop->kick_pending = 0;
@@ -54,24 +91,20 @@ int ph_loop_tick(ph_loop_t *loop)
         if (!needs_run(loop) && !loop->defer_head)
             break;
     }
+    if (needs_run(loop) || loop->defer_head)
+        kick(loop);
+    sync_host_timer(loop);
     loop->in_tick = 0;
-    if ((needs_run(loop) || loop->defer_head) && loop->kick && !loop->kick_pending) {
-        loop->kick_pending = 1;
-        loop->kick(loop);
-    }
-    if (!uv_loop_alive(&loop->uv))
-        return -1;
-    return uv_backend_timeout(&loop->uv);
 }
 
 void ph_loop_touch(ph_loop_t *loop)
 {
-    if (loop->in_tick || loop->kick_pending || !loop->kick)
-        return;
-    if (!needs_run(loop) && !loop->defer_head)
-        return;
-    loop->kick_pending = 1;
-    loop->kick(loop);
+    if (loop->in_tick)
+        return; /* the tick syncs the host when it ends */
+    if (needs_run(loop) || loop->defer_head)
+        kick(loop);
+    else
+        sync_host_timer(loop);
 }
 
 void ph_loop_defer(ph_loop_t *loop, ph_defer_t *d)
@@ -85,10 +118,8 @@ void ph_loop_defer(ph_loop_t *loop, ph_defer_t *d)
     else
         loop->defer_head = d;
     loop->defer_tail = d;
-    if (!loop->in_tick && !loop->kick_pending && loop->kick) {
-        loop->kick_pending = 1;
-        loop->kick(loop);
-    }
+    if (!loop->in_tick)
+        kick(loop);
 }
 
 void ph_loop_cancel(ph_loop_t *loop, ph_defer_t *d)

@@ -17,28 +17,20 @@ static void kick(ph_loop_t *loop)
     Py_XDECREF(r);
 }
 
-/* Keeps one asyncio timer at (or before) libuv's next timer. A timer that fires early only
- * costs a tick; moving it later is never needed, so keep-alive resets cost nothing here. */
-static void schedule_timer(ph_pyserver_t *srv, int ms)
+/* The reactor's timer, as one asyncio call_later (ph_loop_t only ever moves it earlier). */
+static void set_timer(ph_loop_t *loop, uint64_t ms)
 {
-    if (ms < 0 || srv->closed)
-        return;
-    if (ms == 0) {
-        if (!srv->loop.kick_pending) {
-            srv->loop.kick_pending = 1;
-            kick(&srv->loop);
-        }
-        return;
-    }
-    uint64_t deadline = uv_now(&srv->loop.uv) + (uint64_t)ms;
-    if (srv->timer_handle && deadline >= srv->timer_deadline)
+    ph_pyserver_t *srv = loop->host;
+    if (srv->closed)
         return;
     if (srv->timer_handle) {
         PyObject *r = PyObject_CallMethodNoArgs(srv->timer_handle, srv->st->s_cancel);
+        if (r == NULL)
+            PyErr_WriteUnraisable(srv->timer_handle);
         Py_XDECREF(r);
         Py_CLEAR(srv->timer_handle);
     }
-    PyObject *delay = PyFloat_FromDouble(ms / 1000.0);
+    PyObject *delay = PyFloat_FromDouble((double)ms / 1000.0);
     if (delay == NULL) {
         PyErr_WriteUnraisable(NULL);
         return;
@@ -49,7 +41,6 @@ static void schedule_timer(ph_pyserver_t *srv, int ms)
     Py_DECREF(delay);
     if (srv->timer_handle == NULL)
         PyErr_WriteUnraisable(srv->aloop);
-    srv->timer_deadline = deadline;
 }
 
 /* For calls from Python code (maybe inside a task): the tick runs as its own loop callback. */
@@ -64,17 +55,15 @@ static void request_tick(ph_pyserver_t *srv)
 static PyObject *server_tick(ph_pyserver_t *srv, PyObject *unused)
 {
     (void)unused;
-    if (srv->closed)
-        Py_RETURN_NONE;
-    int ms = ph_loop_tick(&srv->loop);
-    schedule_timer(srv, ms);
+    if (!srv->closed)
+        ph_loop_tick(&srv->loop);
     Py_RETURN_NONE;
 }
 
 static PyObject *server_on_timer(ph_pyserver_t *srv, PyObject *unused)
 {
     Py_CLEAR(srv->timer_handle);
-    srv->timer_deadline = 0;
+    ph_loop_timer_fired(&srv->loop);
     return server_tick(srv, unused);
 }
 
@@ -121,8 +110,8 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"app", "loop", "state", "options", NULL};
     PyObject *app, *aloop, *state, *opts;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!", kwlist, &app, &aloop, &state,
-                                     &PyDict_Type, &opts))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO!", kwlist, &app, &aloop, &state, &PyDict_Type,
+                                     &opts))
         return NULL;
     ph_pyserver_t *srv = (ph_pyserver_t *)type->tp_alloc(type, 0);
     if (srv == NULL)
@@ -132,12 +121,27 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->aloop = Py_NewRef(aloop);
     srv->state = state == Py_None ? NULL : Py_NewRef(state);
 
+    int rv = ph_loop_init(&srv->loop);
+    if (rv < 0) {
+        PyErr_Format(PyExc_OSError, "uv_loop_init: %s", uv_strerror(rv));
+        goto fail;
+    }
+    srv->loop_open = 1;
+    srv->loop.host = srv;
+    srv->loop.kick = kick;
+    srv->loop.set_timer = set_timer;
+    ph_server_init(&srv->server, &srv->loop);
+    srv->server.host = srv;
+    srv->server.on_conn = on_conn;
+    srv->server.on_stream = ph_asgi_on_stream;
+
     ph_config_t *cfg = &srv->server.cfg;
-    double ka, hdr, wr;
+    double ka, hdr, bd, wr;
     size_t line, nhdr, hdrsize, body, conc, maxconn, hw;
     int sh, dh;
     if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
         opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
+        opt_double(opts, "timeout_request_body", 30.0, &bd) < 0 ||
         opt_double(opts, "timeout_write", 30.0, &wr) < 0 ||
         opt_size(opts, "limit_request_line", 8190, &line) < 0 ||
         opt_size(opts, "limit_request_headers", 100, &nhdr) < 0 ||
@@ -155,6 +159,7 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         goto fail;
     cfg->timeout_keep_alive_ms = (uint64_t)(ka * 1000);
     cfg->timeout_request_header_ms = (uint64_t)(hdr * 1000);
+    cfg->timeout_request_body_ms = (uint64_t)(bd * 1000);
     cfg->timeout_write_ms = (uint64_t)(wr * 1000);
     cfg->limit_request_line = line;
     cfg->limit_request_headers = nhdr;
@@ -204,19 +209,6 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     PyErr_Clear();
 #endif
-    int rv = ph_loop_init(&srv->loop);
-    if (rv < 0) {
-        PyErr_Format(PyExc_OSError, "uv_loop_init: %s", uv_strerror(rv));
-        goto fail;
-    }
-    srv->loop_open = 1;
-    srv->loop.host = srv;
-    srv->loop.kick = kick;
-    srv->server.loop = &srv->loop;
-    srv->server.host = srv;
-    srv->server.on_conn = on_conn;
-    srv->server.on_stream = ph_asgi_on_stream;
-    srv->started = 0;
     return (PyObject *)srv;
 fail:
     Py_DECREF(srv);
@@ -235,12 +227,20 @@ static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->on_timer);
     Py_VISIT(srv->timer_handle);
     Py_VISIT(srv->ready);
+    Py_VISIT(srv->server_addr);
+    /* The references open streams hold (through the reactor, which the GC cannot see): a
+     * request in flight on a server nobody closed is a cycle the GC must find. */
+    for (ph_req_t *r = srv->held; r; r = ph_asgi_next_held(r))
+        Py_VISIT((PyObject *)r);
     Py_VISIT(Py_TYPE(srv));
     return 0;
 }
 
+static void close_loop(ph_pyserver_t *srv);
+
 static int server_clear(ph_pyserver_t *srv)
 {
+    close_loop(srv); /* releases the streams, and with them the references they hold */
     Py_CLEAR(srv->app);
     Py_CLEAR(srv->aloop);
     Py_CLEAR(srv->state);
@@ -261,15 +261,9 @@ static void close_loop(ph_pyserver_t *srv)
     if (!srv->loop_open)
         return;
     srv->loop_open = 0;
-    for (ph_conn_t *c = srv->server.conns; c;) {
-        ph_conn_t *next = c->next;
-        ph_conn_abort(c);
-        c = next;
-    }
-    for (size_t i = 0; i < srv->nlisteners; i++)
-        ph_listener_close(&srv->listeners[i], NULL);
+    ph_server_close(&srv->server);
     ph_loop_close(&srv->loop);
-    ph_server_clear_pools(&srv->server);
+    ph_server_free(&srv->server);
 }
 
 static void server_dealloc(ph_pyserver_t *srv)
@@ -277,7 +271,6 @@ static void server_dealloc(ph_pyserver_t *srv)
     PyTypeObject *tp = Py_TYPE(srv);
     PyObject_GC_UnTrack(srv);
     close_loop(srv);
-    PyMem_Free(srv->listeners);
     server_clear(srv);
     Py_CLEAR(srv->root_path);
     Py_CLEAR(srv->root_path_bytes);
@@ -297,51 +290,43 @@ static PyObject *server_listen(ph_pyserver_t *srv, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "server is closed");
         return NULL;
     }
-    /* libuv holds the listeners' handles by address: the array is final before start(). */
-    if (srv->started) {
+    int rv = ph_server_add_listener(&srv->server, fd, is_unix, backlog);
+    if (rv == PH_ESTATE) {
         PyErr_SetString(PyExc_RuntimeError, "listen() must come before start()");
         return NULL;
     }
-    ph_listener_t *ls = PyMem_Realloc(srv->listeners, sizeof(*ls) * (srv->nlisteners + 1));
-    if (ls == NULL)
+    if (rv < 0)
         return PyErr_NoMemory();
-    srv->listeners = ls;
-    ph_listener_t *l = &srv->listeners[srv->nlisteners++];
-    memset(l, 0, sizeof(*l));
-    l->fd = fd;
-    l->is_unix = is_unix;
-    l->backlog = backlog;
     Py_RETURN_NONE;
 }
 
 static PyObject *server_start(ph_pyserver_t *srv, PyObject *unused)
 {
     (void)unused;
-    if (srv->started) {
-        PyErr_SetString(PyExc_RuntimeError, "server already started");
+    if (srv->closed || srv->server.started) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        srv->closed ? "server is closed" : "server already started (or failed to)");
         return NULL;
-    }
-    for (size_t i = 0; i < srv->nlisteners; i++) {
-        ph_listener_t *l = &srv->listeners[i];
-        int rv = ph_listener_start(l, &srv->server, l->fd, l->is_unix, l->backlog);
-        if (rv < 0) {
-            PyErr_Format(PyExc_OSError, "cannot listen on fd %d: %s", l->fd, uv_strerror(rv));
-            return NULL;
-        }
     }
     srv->tick = PyObject_GetAttrString((PyObject *)srv, "_tick");
     srv->on_timer = PyObject_GetAttrString((PyObject *)srv, "_on_timer");
     if (srv->tick == NULL || srv->on_timer == NULL)
         return NULL;
+    int rv = ph_server_start(&srv->server);
+    if (rv < 0) {
+        PyErr_Format(PyExc_OSError, "cannot listen: %s", uv_strerror(rv));
+        return NULL;
+    }
     PyObject *fd = PyLong_FromLong(ph_loop_fd(&srv->loop));
     if (fd == NULL)
         return NULL;
-    PyObject *r = PyObject_CallMethodObjArgs(srv->aloop, srv->st->s_add_reader, fd, srv->tick, NULL);
+    PyObject *r =
+        PyObject_CallMethodObjArgs(srv->aloop, srv->st->s_add_reader, fd, srv->tick, NULL);
     Py_DECREF(fd);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
-    srv->started = 1;
+    srv->reader_added = 1;
     /* The listen watchers only reach epoll in a first run; it runs as a loop callback, not here,
      * since the caller may be a task and requests are started as tasks. */
     request_tick(srv);
@@ -353,15 +338,7 @@ static PyObject *server_shutdown(ph_pyserver_t *srv, PyObject *unused)
     (void)unused;
     if (srv->closed)
         Py_RETURN_NONE;
-    srv->server.draining = 1;
-    for (size_t i = 0; i < srv->nlisteners; i++)
-        ph_listener_close(&srv->listeners[i], NULL);
-    for (ph_conn_t *c = srv->server.conns; c;) {
-        ph_conn_t *next = c->next;
-        if (c->proto && c->proto->drain)
-            c->proto->drain(c);
-        c = next;
-    }
+    ph_server_drain(&srv->server);
     request_tick(srv);
     Py_RETURN_NONE;
 }
@@ -372,16 +349,12 @@ static PyObject *server_cancel_all(ph_pyserver_t *srv, PyObject *unused)
     return PyLong_FromSsize_t(ph_asgi_cancel_all(srv));
 }
 
-static PyObject *server_abort_all(ph_pyserver_t *srv, PyObject *unused)
+static PyObject *server_expire(ph_pyserver_t *srv, PyObject *unused)
 {
     (void)unused;
     if (srv->closed)
         Py_RETURN_NONE;
-    for (ph_conn_t *c = srv->server.conns; c;) {
-        ph_conn_t *next = c->next;
-        ph_conn_abort(c);
-        c = next;
-    }
+    ph_server_expire(&srv->server);
     request_tick(srv);
     Py_RETURN_NONE;
 }
@@ -391,9 +364,11 @@ static PyObject *server_close(ph_pyserver_t *srv, PyObject *unused)
     (void)unused;
     if (srv->closed)
         Py_RETURN_NONE;
-    if (srv->started) {
+    if (srv->reader_added) {
+        srv->reader_added = 0;
         PyObject *fd = PyLong_FromLong(ph_loop_fd(&srv->loop));
-        PyObject *r = fd ? PyObject_CallMethodOneArg(srv->aloop, srv->st->s_remove_reader, fd) : NULL;
+        PyObject *r =
+            fd ? PyObject_CallMethodOneArg(srv->aloop, srv->st->s_remove_reader, fd) : NULL;
         Py_XDECREF(fd);
         if (r == NULL)
             PyErr_Clear();
@@ -435,8 +410,11 @@ static PyMethodDef server_methods[] = {
     {"shutdown", (PyCFunction)server_shutdown, METH_NOARGS,
      "Stop accepting; close idle connections, the rest after their response."},
     {"cancel_all", (PyCFunction)server_cancel_all, METH_NOARGS,
-     "Cancel the tasks of requests still running; returns how many."},
-    {"abort_all", (PyCFunction)server_abort_all, METH_NOARGS, "Close every connection now."},
+     "Answer 503 to requests not yet answered, cancel the tasks of requests still running; "
+     "returns how many were cancelled."},
+    {"expire", (PyCFunction)server_expire, METH_NOARGS,
+     "End every exchange in flight (a reset for a response cut short); queued bytes still "
+     "drain."},
     {"close", (PyCFunction)server_close, METH_NOARGS, "Release the reactor."},
     {"_tick", (PyCFunction)server_tick, METH_NOARGS, NULL},
     {"_on_timer", (PyCFunction)server_on_timer, METH_NOARGS, NULL},
@@ -558,28 +536,30 @@ static int module_exec(PyObject *m)
     return PyModule_AddStringConstant(m, "libuv_version", uv_version_string());
 }
 
+/* Every member of ph_state_t is an object reference (types are objects too): the GC walks
+ * the state as an array, so no member can be forgotten here. */
+#define STATE_SLOTS (sizeof(ph_state_t) / sizeof(PyObject *))
+_Static_assert(sizeof(ph_state_t) % sizeof(PyObject *) == 0, "ph_state_t holds only objects");
+
 static int module_traverse(PyObject *m, visitproc visit, void *arg)
 {
-    ph_state_t *st = PyModule_GetState(m);
-    Py_VISIT(st->server_type);
-    Py_VISIT(st->req_type);
-    Py_VISIT(st->driver_type);
-    Py_VISIT(st->waiter_type);
-    Py_VISIT(st->client_disconnected);
-    Py_VISIT(st->done);
+    PyObject **slot = PyModule_GetState(m);
+    for (size_t i = 0; slot && i < STATE_SLOTS; i++)
+        Py_VISIT(slot[i]);
     return 0;
 }
 
 static int module_clear(PyObject *m)
 {
-    ph_state_t *st = PyModule_GetState(m);
-    Py_CLEAR(st->server_type);
-    Py_CLEAR(st->req_type);
-    Py_CLEAR(st->driver_type);
-    Py_CLEAR(st->waiter_type);
-    Py_CLEAR(st->client_disconnected);
-    Py_CLEAR(st->done);
+    PyObject **slot = PyModule_GetState(m);
+    for (size_t i = 0; slot && i < STATE_SLOTS; i++)
+        Py_CLEAR(slot[i]);
     return 0;
+}
+
+static void module_free(void *m)
+{
+    module_clear((PyObject *)m);
 }
 
 static PyModuleDef_Slot module_slots[] = {
@@ -595,6 +575,7 @@ static struct PyModuleDef module_def = {
     .m_slots = module_slots,
     .m_traverse = module_traverse,
     .m_clear = module_clear,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

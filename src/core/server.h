@@ -1,6 +1,7 @@
-/* What every connection of one server shares: its limits and timeouts, its open connections,
- * and the hooks the top layer wires in (which protocol runs on a new connection, which bridge
- * gets a new stream). Plain data; no behaviour of its own. */
+/* What every connection of one server shares: its limits and timeouts, its listeners and open
+ * connections, and the hooks the top layer wires in (which protocol runs on a new connection,
+ * which bridge gets a new stream); and the server's life cycle, so a bridge never walks the
+ * connections or the listeners itself. */
 #ifndef PH_SERVER_H
 #define PH_SERVER_H
 
@@ -13,6 +14,7 @@
 typedef struct ph_conn_s ph_conn_t;
 typedef struct ph_stream_s ph_stream_t;
 typedef struct ph_server_s ph_server_t;
+typedef struct ph_listener_s ph_listener_t;
 
 #define PH_RBUF_SIZE 16384
 #define PH_BLOCK_SIZE 2048
@@ -20,7 +22,9 @@ typedef struct ph_server_s ph_server_t;
 typedef struct {
     uint64_t timeout_keep_alive_ms;     /* idle between requests; 0 = none */
     uint64_t timeout_request_header_ms; /* from the first byte of a request to its last header */
+    uint64_t timeout_request_body_ms;   /* no body progress for this long while reading it */
     uint64_t timeout_write_ms;          /* no write progress for this long drops the client */
+    uint64_t linger_ms;                 /* after our FIN, read and drop input this long at most */
     size_t limit_request_line;          /* bytes of the request target, 414 beyond */
     size_t limit_request_headers;       /* count, 431 beyond */
     size_t limit_request_header_size;   /* bytes of all names and values, 431 beyond */
@@ -29,8 +33,8 @@ typedef struct {
     size_t limit_max_connections;       /* open connections, 503 and close beyond; 0 = none */
     int server_header;                  /* add "server: pronghorn" */
     int date_header;                    /* add "date: ..." */
-    ph_slice_t extra_headers;           /* pre-serialised "name: value\r\n" lines, added to every response */
-    size_t write_high_water;            /* a stream waits for drain above this many queued bytes */
+    ph_slice_t extra_headers; /* pre-serialised "name: value\r\n" lines, added to every response */
+    size_t write_high_water;  /* a stream waits for drain above this many queued bytes */
 } ph_config_t;
 
 struct ph_server_s {
@@ -41,20 +45,44 @@ struct ph_server_s {
     int (*on_conn)(ph_server_t *server, ph_conn_t *conn);
     /* Called when a protocol has a complete request head: the bridge takes the stream. */
     void (*on_stream)(ph_server_t *server, ph_stream_t *stream);
-    void *host; /* the bridge's server object */
+    void *host;       /* the bridge's server object */
     ph_conn_t *conns; /* every open connection (intrusive list) */
     size_t nconns;
-    size_t nstreams; /* streams handed to the bridge and not yet released */
-    int draining;    /* shutting down: finish what is in flight, take nothing new */
+    size_t nstreams;          /* streams handed to the bridge and not yet released */
+    int draining;             /* shutting down: finish what is in flight, take nothing new */
+    ph_listener_t *listeners; /* fixed once started: libuv holds the handles by address */
+    size_t nlisteners;
+    int started;
     ph_pool_t rbufs;  /* connections' read buffers (PH_RBUF_SIZE), taken while there is input */
     ph_pool_t blocks; /* protocols' per-request buffers (PH_BLOCK_SIZE), taken while busy */
 };
 
-/* Frees the pools (after every connection is gone). */
-static inline void ph_server_clear_pools(ph_server_t *server)
-{
-    ph_pool_clear(&server->rbufs);
-    ph_pool_clear(&server->blocks);
-}
+/* Prepares a server on loop with safe defaults in cfg; the caller sets the hooks and config. */
+void ph_server_init(ph_server_t *server, ph_loop_t *loop);
+
+/* Adds a bound socket (TCP or Unix) to listen on from ph_server_start(); the server owns the
+ * fd from now on. 0, PH_ESTATE once started, or PH_ENOMEM. */
+int ph_server_add_listener(ph_server_t *server, int fd, int is_unix, int backlog);
+
+/* Starts accepting on every listener. On failure nothing is left listening: the listeners
+ * that started are closed again, every fd is closed, and the error (libuv's) is returned;
+ * the server cannot be started again. */
+int ph_server_start(ph_server_t *server);
+
+/* Graceful shutdown: stop accepting; idle connections close now, busy ones after their
+ * exchange. */
+void ph_server_drain(ph_server_t *server);
+
+/* The graceful time is up: every connection ends what it has in flight (a request not yet
+ * answered gets its answer and a close, a response cut short a reset); what is then queued
+ * still drains. */
+void ph_server_expire(ph_server_t *server);
+
+/* Closes every listener and resets every connection now. Then ph_loop_close(), then
+ * ph_server_free(). */
+void ph_server_close(ph_server_t *server);
+
+/* Frees what the server holds: the listener array, fds never started, the buffer pools. */
+void ph_server_free(ph_server_t *server);
 
 #endif

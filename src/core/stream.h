@@ -26,11 +26,13 @@ typedef struct {
 /* What a bridge may ask of the protocol. Every op returns 0 or a negative PH_E* / libuv error;
  * after the stream is disconnected they return PH_ECLOSED. */
 typedef struct {
-    /* Response status and the app's headers (names and values are validated: PH_EINVAL). Nothing
-     * is sent yet: the head leaves with the first body bytes, in the same write. */
+    /* Response status and the app's headers (names and values are validated: PH_EINVAL; then
+     * nothing changes). Nothing is sent yet: the head leaves with the first body() call, in
+     * the same write; until then a later start() replaces it (an error answer after all). */
     int (*start)(ph_stream_t *s, int status, const ph_header_t *headers, size_t n);
     /* Response body; more=0 ends the response. PH_EINVAL when the body runs past, or ends short
-     * of, the Content-Length the app declared. */
+     * of, the Content-Length the app declared; PH_EINVAL and PH_ENOMEM leave nothing written,
+     * so a first body() that fails can still be followed by another start(). */
     int (*body)(ph_stream_t *s, const char *data, size_t len, int more);
     /* The bridge wants (more of) the request body: read on, sending 100 Continue if expected. */
     void (*want_body)(ph_stream_t *s);
@@ -47,8 +49,11 @@ typedef struct {
 typedef struct {
     void (*on_body)(ph_stream_t *s, const char *data, size_t len); /* bytes valid for the call */
     void (*on_body_end)(ph_stream_t *s);
-    void (*on_drain)(ph_stream_t *s); /* queued() fell below the high-water mark */
+    void (*on_drain)(ph_stream_t *s);      /* queued() fell below the high-water mark */
     void (*on_disconnect)(ph_stream_t *s); /* the peer left or broke the protocol */
+    /* The peer closed its sending side after the whole request (an HTTP/1 half-close): it may
+     * still read the response, or be gone (the next write tells). Optional. */
+    void (*on_peer_closed)(ph_stream_t *s);
     /* Last call: the protocol forgets the stream; the bridge must not touch it again. */
     void (*on_release)(ph_stream_t *s);
 } ph_stream_handler_t;

@@ -7,11 +7,11 @@
 #include <time.h>
 
 /* Errors are negative: libuv's own (UV_E*, negative errno) or these. */
-#define PH_EPROTO (-10001)   /* the peer broke the protocol */
-#define PH_ELIMIT (-10002)   /* a configured limit was exceeded */
-#define PH_ESTATE (-10003)   /* call not allowed in the stream's current state */
-#define PH_EINVAL (-10004)   /* invalid argument (e.g. a header the app gave) */
-#define PH_ECLOSED (-10005)  /* the peer has gone */
+#define PH_EPROTO (-10001)  /* the peer broke the protocol */
+#define PH_ELIMIT (-10002)  /* a configured limit was exceeded */
+#define PH_ESTATE (-10003)  /* call not allowed in the stream's current state */
+#define PH_EINVAL (-10004)  /* invalid argument (e.g. a header the app gave) */
+#define PH_ECLOSED (-10005) /* the peer has gone */
 #define PH_ENOMEM (-10006)
 
 /* A byte range that is not NUL-terminated. */
@@ -35,6 +35,10 @@ int ph_is_field_value(const char *p, size_t n);
 
 /* ASCII case-insensitive equality of a slice with a lower-case literal. */
 int ph_eq_lower(const char *p, size_t n, const char *lower, size_t lower_len);
+
+/* 1 if the comma-separated list [p, p+n) holds the token (ASCII case-insensitive, given in
+ * lower case), as in `Connection: keep-alive, Close`. */
+int ph_has_token(const char *p, size_t n, const char *lower, size_t lower_len);
 
 /* Writes the decimal form of v at dst (room for 20 bytes); returns its length. */
 size_t ph_u64toa(uint64_t v, char *dst);

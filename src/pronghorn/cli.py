@@ -74,11 +74,19 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "--timeout-request-body",
+        "timeout_request_body",
+        "value",
+        "timeouts",
+        "close a connection whose request body makes no progress for SECONDS",
+        "SECONDS",
+    ),
+    Option(
         "--timeout-write",
         "timeout_write",
         "value",
         "timeouts",
-        "drop a client that takes none of a pending response for SECONDS",
+        "drop a client that takes none of a pending response for SECONDS (progress, not total)",
         "SECONDS",
     ),
     Option(

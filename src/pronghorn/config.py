@@ -225,6 +225,7 @@ class Config:
     loop: str = "auto"
     timeout_keep_alive: float = 5.0
     timeout_request_header: float = 10.0
+    timeout_request_body: float = 30.0
     timeout_write: float = 30.0
     timeout_graceful_shutdown: float | None = 30.0
     limit_concurrency: int = 0
@@ -272,6 +273,9 @@ class Config:
                 "timeout_graceful_shutdown", g, allow_zero=True
             )
 
+        self.timeout_request_body = _as_seconds(
+            "timeout_request_body", self.timeout_request_body, allow_zero=False
+        )
         self.timeout_write = _as_seconds("timeout_write", self.timeout_write, allow_zero=False)
         self.limit_concurrency = _as_int("limit_concurrency", self.limit_concurrency, 0, _INT32_MAX)
         self.limit_max_connections = _as_int(

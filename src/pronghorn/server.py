@@ -150,6 +150,7 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
     options = {
         "timeout_keep_alive": config.timeout_keep_alive,
         "timeout_request_header": config.timeout_request_header,
+        "timeout_request_body": config.timeout_request_body,
         "timeout_write": config.timeout_write,
         "limit_max_connections": config.limit_max_connections,
         "limit_request_line": config.limit_request_line,
@@ -188,14 +189,17 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
             )
             break
         await asyncio.sleep(0.02)
+    # Time is up: a request not yet answered gets a 503 (nothing of a response had left, so a
+    # reset would hide what happened); its task is cancelled; a response cut short is reset.
     if server.requests:
         server.cancel_all()
-    server.abort_all()
-    # Let cancelled request tasks run their cleanup before lifespan shutdown.
-    for _ in range(10):
-        if not server.requests:
+    server.expire()
+    # Let cancelled request tasks run their cleanup, and the last answers drain, before
+    # lifespan shutdown (close() then resets whatever is left).
+    for _ in range(50):
+        if not server.requests and not server.connections:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
     await lifespan.shutdown()
     server.close()
     logger.info("Finished server process [%d]", os.getpid())

@@ -62,7 +62,10 @@ static void hb_on_body_end(ph_stream_t *s)
     }
 }
 
-static void hb_on_drain(ph_stream_t *s) { (void)s; }
+static void hb_on_drain(ph_stream_t *s)
+{
+    (void)s;
+}
 
 static void hb_on_disconnect(ph_stream_t *s)
 {
@@ -76,14 +79,20 @@ static void hb_on_release(ph_stream_t *s)
         H->pending = NULL;
 }
 
-static const ph_stream_handler_t hb_handler = {hb_on_body, hb_on_body_end, hb_on_drain,
-                                               hb_on_disconnect, hb_on_release};
+static const ph_stream_handler_t hb_handler = {
+    .on_body = hb_on_body,
+    .on_body_end = hb_on_body_end,
+    .on_drain = hb_on_drain,
+    .on_disconnect = hb_on_disconnect,
+    .on_release = hb_on_release,
+};
 
 static void hb_on_stream(ph_server_t *server, ph_stream_t *s)
 {
     (void)server;
     H->streams++;
-    size_t n = s->req.path.len < sizeof(H->last_path) - 1 ? s->req.path.len : sizeof(H->last_path) - 1;
+    size_t n =
+        s->req.path.len < sizeof(H->last_path) - 1 ? s->req.path.len : sizeof(H->last_path) - 1;
     memcpy(H->last_path, s->req.path.base, n);
     H->last_path[n] = 0;
     s->handler = &hb_handler;
@@ -109,12 +118,13 @@ static int harness_init(harness_t *h)
     signal(SIGPIPE, SIG_IGN); /* both ends may close under the other */
     if (ph_loop_init(&h->loop) < 0)
         return -1;
-    h->server.loop = &h->loop;
+    ph_server_init(&h->server, &h->loop);
     h->server.on_conn = hb_on_conn;
     h->server.on_stream = hb_on_stream;
     ph_config_t *c = &h->server.cfg;
     c->timeout_keep_alive_ms = 5000;
     c->timeout_request_header_ms = 5000;
+    c->timeout_request_body_ms = 5000;
     c->timeout_write_ms = 5000;
     c->limit_request_line = 256;
     c->limit_request_headers = 16;
@@ -182,13 +192,9 @@ static int harness_exchange(harness_t *h, const char *data, size_t len, size_t p
 static void harness_free(harness_t *h)
 {
     close(h->client);
-    for (ph_conn_t *c = h->server.conns; c;) {
-        ph_conn_t *next = c->next;
-        ph_conn_abort(c);
-        c = next;
-    }
+    ph_server_close(&h->server);
     ph_loop_close(&h->loop);
-    ph_server_clear_pools(&h->server);
+    ph_server_free(&h->server);
 }
 
 #endif

@@ -36,13 +36,14 @@ static void test_malformed(void)
     expect("get bytewise", "GET /x?y HTTP/1.1\r\nHost: a\r\nX-Long: abcdefghij\r\n\r\n", 1,
            "HTTP/1.1 200 OK", 0, 1);
     expect("no host", "GET / HTTP/1.1\r\n\r\n", 1 << 20, "HTTP/1.1 400", 1, 0);
-    expect("two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 1 << 20, "HTTP/1.1 400",
-           1, 0);
+    expect("two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 1 << 20, "HTTP/1.1 400", 1,
+           0);
     expect("cl+te",
            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
            "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
            1 << 20, "HTTP/1.1 400", 1, 0);
-    expect("two cl", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    expect("two cl",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
            1 << 20, "HTTP/1.1 400", 1, 0);
     /* answered before the body came: the bad chunk only closes, it adds no second response */
     expect("bad chunk", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
@@ -53,8 +54,8 @@ static void test_malformed(void)
            "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
            1 << 20, "HTTP/1.1 200", 1, 1);
     CHECK(strstr(out, "smuggled") == NULL && count(out, "HTTP/1.1") == 1);
-    expect("obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 1 << 20,
-           "HTTP/1.1 400", 1, 0);
+    expect("obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 1 << 20, "HTTP/1.1 400",
+           1, 0);
     expect("obs-fold bytewise", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 1,
            "HTTP/1.1 400", 1, 0);
     expect("space before colon", "GET / HTTP/1.1\r\nHost: a\r\nX : a\r\n\r\n", 1 << 20,
@@ -63,8 +64,8 @@ static void test_malformed(void)
            1, 0);
     expect("empty name later", "GET / HTTP/1.1\r\nHost: a\r\n: evil\r\n\r\n", 1 << 20,
            "HTTP/1.1 400", 1, 0);
-    expect("control char", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01\r\n\r\n", 1 << 20,
-           "HTTP/1.1 400", 1, 0);
+    expect("control char", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01\r\n\r\n", 1 << 20, "HTTP/1.1 400",
+           1, 0);
     expect("unknown coding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n",
            1 << 20, "HTTP/1.1 501", 1, 0);
     expect("chunked not last",
@@ -147,8 +148,52 @@ static void test_content_length_body(void)
     harness_free(&h);
 }
 
+/* No protocol takes an upgrade yet: the request is served as HTTP/1.1 and the connection
+ * goes on (llhttp would otherwise stop parsing after it). */
+static void test_upgrade_is_ignored(void)
+{
+    harness_t h;
+    harness_init(&h);
+    const char *req = "GET /1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                      "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+    int closed = harness_exchange(&h, req, strlen(req), 1 << 20, out, sizeof(out), &outlen);
+    CHECK(!closed);
+    CHECK(h.streams == 2);
+    CHECK(count(out, "HTTP/1.1 200 OK") == 2);
+    CHECK(strcmp(h.last_path, "/2") == 0);
+    harness_free(&h);
+}
+
+static void test_fragment_is_dropped(void)
+{
+    harness_t h;
+    harness_init(&h);
+    const char *req = "GET /p?q=1#frag HTTP/1.1\r\nHost: a\r\n\r\n";
+    harness_exchange(&h, req, strlen(req), 1 << 20, out, sizeof(out), &outlen);
+    CHECK(strcmp(h.last_path, "/p") == 0);
+    harness_free(&h);
+}
+
+/* RFC 9112 §6.1: never chunked to HTTP/1.0; the close ends the body. */
+static void test_http10_never_chunked(void)
+{
+    harness_t h;
+    harness_init(&h);
+    h.chunked_reply = 1;
+    const char *req = "GET / HTTP/1.0\r\n\r\n";
+    int closed = harness_exchange(&h, req, strlen(req), 1 << 20, out, sizeof(out), &outlen);
+    CHECK(closed);
+    CHECK(strstr(out, "transfer-encoding") == NULL);
+    CHECK(strstr(out, "content-length") == NULL);
+    CHECK(outlen > 5 && memcmp(out + outlen - 9, "\r\n\r\nhello", 9) == 0);
+    harness_free(&h);
+}
+
 int main(void)
 {
+    test_upgrade_is_ignored();
+    test_fragment_is_dropped();
+    test_http10_never_chunked();
     test_malformed();
     test_pipelining();
     test_chunked_request_and_reply();

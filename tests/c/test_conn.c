@@ -1,0 +1,255 @@
+/* The transport's life cycle with a stub protocol on one end of a socketpair: nothing queued is
+ * lost by a close (slow reader, half-closed reader), the write deadline is about progress, and
+ * input that waits wins over a deadline that passed while the loop was busy. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "conn.h"
+
+typedef struct {
+    ph_loop_t loop;
+    ph_server_t server;
+    ph_conn_t *conn;
+    int client;
+    /* what the stub protocol saw, in order */
+    char events[64];
+    size_t nevents;
+    size_t bytes_in;
+    int closed, freed;
+} fixture_t;
+
+static fixture_t *F;
+
+static void event(char c)
+{
+    if (F->nevents < sizeof(F->events) - 1)
+        F->events[F->nevents++] = c;
+}
+
+static void p_read(ph_conn_t *c)
+{
+    event('r');
+    F->bytes_in += c->rlen - c->rstart;
+    ph_conn_consume(c, c->rlen - c->rstart);
+}
+static void p_eof(ph_conn_t *c, int err)
+{
+    (void)c;
+    event(err ? 'E' : 'e');
+}
+static void p_drain(ph_conn_t *c)
+{
+    (void)c;
+}
+static void p_timeout(ph_conn_t *c)
+{
+    (void)c;
+    event('t');
+}
+static void p_close(ph_conn_t *c)
+{
+    (void)c;
+    F->closed = 1;
+}
+static void p_free(ph_conn_t *c)
+{
+    (void)c;
+    F->freed = 1;
+}
+
+static const ph_conn_proto_t stub = {
+    .on_read = p_read,
+    .on_eof = p_eof,
+    .on_drain = p_drain,
+    .on_timeout = p_timeout,
+    .on_close = p_close,
+    .on_free = p_free,
+};
+
+static int on_conn(ph_server_t *s, ph_conn_t *c)
+{
+    (void)s;
+    c->proto = &stub;
+    return 0;
+}
+
+static void setup(fixture_t *f, int sndbuf)
+{
+    memset(f, 0, sizeof(*f));
+    F = f;
+    signal(SIGPIPE, SIG_IGN);
+    ph_loop_init(&f->loop);
+    ph_server_init(&f->server, &f->loop);
+    f->server.on_conn = on_conn;
+    f->server.cfg.linger_ms = 20;
+    f->server.cfg.timeout_write_ms = 0;
+    int fds[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, fds);
+    if (sndbuf)
+        setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    f->client = fds[1];
+    fcntl(f->client, F_SETFL, O_NONBLOCK);
+    ph_conn_t *c = calloc(1, sizeof(*c));
+    c->server = &f->server;
+    c->is_unix = 1;
+    uv_pipe_init(&f->loop.uv, &c->h.pipe, 0);
+    uv_pipe_open(&c->h.pipe, fds[0]);
+    ph_conn_start(c);
+    on_conn(&f->server, c);
+    f->conn = c;
+}
+
+static void teardown(fixture_t *f)
+{
+    close(f->client);
+    ph_server_close(&f->server);
+    ph_loop_close(&f->loop);
+    ph_server_free(&f->server);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Runs the loop for up to ms, returning early once the connection is freed. */
+static void run_for(fixture_t *f, double ms)
+{
+    double end = now_ms() + ms;
+    while (now_ms() < end && !f->freed) {
+        ph_loop_tick(&f->loop);
+        struct pollfd p = {ph_loop_fd(&f->loop), POLLIN, 0};
+        poll(&p, 1, 1);
+    }
+    ph_loop_tick(&f->loop);
+}
+
+/* The client reads whatever is there; returns bytes read, -1 at EOF. */
+static ssize_t client_read(fixture_t *f, size_t max)
+{
+    static char buf[1 << 16];
+    if (max > sizeof(buf))
+        max = sizeof(buf);
+    ssize_t n = read(f->client, buf, max);
+    if (n == 0)
+        return -1;
+    return n < 0 ? 0 : n;
+}
+
+static char big[1 << 20];
+
+/* A slow reader takes far longer than the linger time to read a 1 MiB response queued before
+ * the close: it gets all of it, then EOF. With and without a half-close first. */
+static void test_close_flushes_for_a_slow_reader(int half_close)
+{
+    fixture_t f;
+    setup(&f, 16384);
+    memset(big, 'x', sizeof(big));
+    uv_buf_t b = {.base = big, .len = sizeof(big)};
+    CHECK(ph_conn_write(f.conn, &b, 1) == 0);
+    CHECK(ph_conn_queued(f.conn) > 0);
+    ph_conn_close(f.conn, 0);
+    if (half_close)
+        shutdown(f.client, SHUT_WR);
+    size_t got = 0;
+    int eof = 0;
+    double t0 = now_ms();
+    while (!eof && now_ms() - t0 < 5000) {
+        run_for(&f, 2);
+        for (int i = 0; i < 2; i++) { /* ~8 KiB per 2 ms: ~250 ms in all, >> linger */
+            ssize_t n = client_read(&f, 4096);
+            if (n < 0)
+                eof = 1;
+            else
+                got += (size_t)n;
+        }
+    }
+    CHECK(eof);
+    CHECK(got == sizeof(big));
+    CHECK(now_ms() - t0 > 5 * f.server.cfg.linger_ms);
+    CHECK(f.closed);
+    teardown(&f);
+}
+
+/* timeout_write 100 ms: a reader taking 4 KiB every 5 ms for 500 ms is not cut (a Unix socket
+ * frees room for the writer only every 16 KiB or so: progress every ~20 ms); once it stops,
+ * the connection goes within about the timeout. */
+static void test_write_deadline_is_about_progress(void)
+{
+    fixture_t f;
+    setup(&f, 16384);
+    f.server.cfg.timeout_write_ms = 100;
+    uv_buf_t b = {.base = big, .len = sizeof(big)};
+    CHECK(ph_conn_write(f.conn, &b, 1) == 0);
+    double t0 = now_ms();
+    while (now_ms() - t0 < 500) {
+        run_for(&f, 5);
+        client_read(&f, 4096);
+    }
+    CHECK(!f.closed);
+    double stop = now_ms();
+    run_for(&f, 1000);
+    CHECK(f.closed);
+    double took = now_ms() - stop;
+    CHECK(took >= 90 && took < 300);
+    teardown(&f);
+}
+
+/* The deadline passes while the loop is blocked, with a request waiting in the socket: the
+ * protocol reads it before it hears of the deadline (and may move it). */
+static void test_waiting_input_wins_over_a_passed_deadline(void)
+{
+    fixture_t f;
+    setup(&f, 0);
+    run_for(&f, 5);
+    ph_conn_set_timeout(f.conn, 10);
+    CHECK(write(f.client, "hello", 5) == 5);
+    usleep(40 * 1000); /* the loop is busy elsewhere */
+    run_for(&f, 5);
+    CHECK(f.nevents >= 1 && f.events[0] == 'r');
+    CHECK(f.bytes_in == 5);
+    teardown(&f);
+}
+
+/* A peer's FIN while flushing: the queue still drains (the peer may be reading); lingering
+ * ends at the peer's FIN, not at the linger time. */
+static void test_linger_ends_at_the_peers_fin(void)
+{
+    fixture_t f;
+    setup(&f, 0);
+    f.server.cfg.linger_ms = 5000;
+    uv_buf_t b = {.base = "bye", .len = 3};
+    CHECK(ph_conn_write(f.conn, &b, 1) == 0);
+    ph_conn_close(f.conn, 1);
+    run_for(&f, 20);
+    CHECK(f.conn->state == PH_CONN_LINGERING);
+    char buf[8];
+    CHECK(read(f.client, buf, sizeof(buf)) == 3);
+    CHECK(read(f.client, buf, sizeof(buf)) == 0); /* our FIN */
+    double t0 = now_ms();
+    shutdown(f.client, SHUT_WR);
+    run_for(&f, 1000);
+    CHECK(f.freed);
+    CHECK(now_ms() - t0 < 500);
+    teardown(&f);
+}
+
+int main(void)
+{
+    test_close_flushes_for_a_slow_reader(0);
+    test_close_flushes_for_a_slow_reader(1);
+    test_write_deadline_is_about_progress();
+    test_waiting_input_wins_over_a_passed_deadline();
+    test_linger_ends_at_the_peers_fin();
+    return CHECK_REPORT();
+}
