@@ -624,3 +624,18 @@ def proc_status(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
+
+
+def wait_state(srv, path: str, token: str, predicate, timeout: float = 5.0):
+    """Polls ``GET <path>?token=T`` (a test app's side channel, JSON) until ``predicate`` holds
+    for what it returns; AssertionError with the last state if it never does."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{srv.url}{path}", params={"token": token}, timeout=5).json()
+        if state is not None and predicate(state):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"app state never matched; last: {state}")

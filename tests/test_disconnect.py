@@ -1,22 +1,17 @@
 """A client that leaves is reported to the app: ``receive()`` returns ``http.disconnect`` and
 ``send()`` raises an ``OSError`` subclass (ASGI spec 2.4)."""
 
+import socket
+import struct
 import time
 import uuid
 
 import httpx
-from conftest import RawConn, request_bytes
+from conftest import RawConn, request_bytes, wait_state
 
 
 def wait_progress(srv, token, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        state = httpx.get(f"{srv.url}/progress", params={"token": token}, timeout=5).json()
-        if state is not None and predicate(state):
-            return state
-        time.sleep(0.05)
-    raise AssertionError(f"app state never matched; last: {state}")
+    return wait_state(srv, "/progress", token, predicate, timeout)
 
 
 def test_receive_returns_disconnect_after_client_leaves(basic):
@@ -30,14 +25,36 @@ def test_receive_returns_disconnect_after_client_leaves(basic):
 
 
 def test_send_after_disconnect_raises_oserror_subclass(basic):
+    """The client is gone (a reset): send() raises an OSError subclass."""
     token = uuid.uuid4().hex
     conn = RawConn(basic.port)
     conn.send(request_bytes("POST", f"/wait-disconnect?token={token}", body=b"hello"))
     wait_progress(basic, token, lambda s: s["state"] == "waiting")
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
     state = wait_progress(basic, token, lambda s: "send" in s)
+    assert state["message"] == "http.disconnect"
     assert state["send"] != "no error", "send() after a disconnect did not raise"
     assert state["send_is_oserror"] is True, f"raised {state['send']} ({state['send_mro']})"
+
+
+def test_half_closed_client_hears_disconnect_and_still_gets_the_answer(basic):
+    """A FIN after the whole request (RFC 9112 §9.6): an app waiting for more input hears
+    http.disconnect, yet what it sends still reaches a client that is only half-closed."""
+    token = uuid.uuid4().hex
+    conn = RawConn(basic.port)
+    try:
+        conn.send(request_bytes("POST", f"/wait-disconnect?token={token}", body=b"hello"))
+        wait_progress(basic, token, lambda s: s["state"] == "waiting")
+        conn.sock.shutdown(socket.SHUT_WR)
+        state = wait_progress(basic, token, lambda s: "send" in s)
+        assert state["message"] == "http.disconnect"
+        assert state["send"] == "no error"
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"too late"
+        assert conn.is_closed()
+    finally:
+        conn.close()
 
 
 def test_disconnect_while_body_is_incomplete(basic):

@@ -2,8 +2,10 @@
 after it started the connection is aborted; an app that returns without responding is a 500."""
 
 import re
+import time
 
 import httpx
+import pytest
 from conftest import RawConn, request_bytes
 
 
@@ -43,3 +45,42 @@ def test_server_keeps_serving_after_app_errors(basic):
         for path in ("/error-before", "/no-response", "/error-before"):
             assert client.get(path).status_code == 500
         assert client.get("/id", params={"n": 3}).text == "3"
+
+
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("/str-body", "bytes"),
+        ("/double-start", "twice"),
+        ("/cl-long", "Content-Length"),
+        ("/bad-status", "status"),
+    ],
+)
+def test_app_error_before_any_byte_left_is_a_500_not_a_reset(basic, path, why):
+    """Nothing of the response has been written yet: the client gets a 500, and the log says
+    why (the exception the app got from send())."""
+    before = len(basic.log())
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", path))
+        resp = conn.read_response()
+    assert resp.status == 500
+    assert resp.body == b"Internal Server Error"
+    basic.wait_for_log("Exception in ASGI application")
+    log = basic.log()[before:]
+    assert why in log, log
+
+
+def test_send_after_the_response_completed_is_an_app_error_not_a_disconnect(basic):
+    """The client is still there: a message after the last body is the app's mistake
+    (RuntimeError, as under uvicorn), not ClientDisconnected."""
+    token = "after-done"
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", f"/send-after-done?token={token}"))
+        assert conn.read_response().body == b"done"
+        state = None
+        for _ in range(50):
+            state = httpx.get(f"{basic.url}/progress", params={"token": token}, timeout=5).json()
+            if state:
+                break
+            time.sleep(0.05)
+    assert state == {"raised": "RuntimeError", "oserror": False}

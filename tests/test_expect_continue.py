@@ -93,3 +93,25 @@ def test_100_continue_with_curl(basic, tmp_path):
     # curl waited for the 100, not for its 10 s expect timeout
     assert time.monotonic() - t0 < 8
     assert f'"sha256": "{hashlib.sha256(payload).hexdigest()}"' in out.stdout
+
+
+def test_expect_continue_with_empty_body_keeps_the_connection(basic):
+    """Content-Length: 0 has no body to wait for: the connection and a request pipelined
+    behind it go on as usual."""
+    with RawConn(basic.port) as conn:
+        conn.send(continue_request("/no-read", length=0) + request_bytes("GET", "/id?n=behind"))
+        first = conn.read_response()
+        assert first.status == 200
+        assert first.header("connection") is None
+        assert conn.read_response().body == b"behind"
+
+
+def test_unread_expected_body_closes_and_says_so(basic):
+    """The app answers without reading and no 100 went out: the client will not send the body,
+    so the server closes — and the response head says `connection: close` first."""
+    with RawConn(basic.port) as conn:
+        conn.send(continue_request("/no-read", length=1000))
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert resp.header("connection") == "close"
+        assert conn.is_closed()

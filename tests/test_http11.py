@@ -426,3 +426,72 @@ def test_responses_parse_after_connection_close(basic):
         conn.send(request_bytes() + request_bytes(headers=[("Connection", "close")]))
         responses = parse_responses(conn.read_until_closed())
     assert [r.status for r in responses] == [200, 200]
+
+
+# -- framing corner cases ----------------------------------------------------------------------
+
+
+def test_app_chunked_encoding_to_http10_client_is_close_delimited(basic):
+    """RFC 9112 §6.1: never chunked to an HTTP/1.0 client, even when the app asks for it."""
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", "/te-chunked", version="HTTP/1.0", host=None))
+        data = conn.read_until_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"part1,part2"
+
+
+def test_app_chunked_encoding_to_http11_client(basic):
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", "/te-chunked") + request_bytes("GET", "/id?n=next"))
+        resp = conn.read_response()
+        assert resp.chunked and resp.body == b"part1,part2"
+        assert conn.read_response().body == b"next"
+
+
+@pytest.mark.parametrize("first", ["chunked", "close"])
+def test_rejected_response_start_leaves_nothing_behind(basic, first):
+    """A start rejected for its headers (TE with CL; a bad value beside `connection: close`),
+    then a valid one: the response is framed by the valid one alone and keep-alive goes on."""
+    with RawConn(basic.port) as conn:
+        conn.send(
+            request_bytes("GET", f"/retry-start?first={first}") + request_bytes("GET", "/id?n=next")
+        )
+        resp = conn.read_response()
+        assert resp.status == 200 and resp.body == b"ok!"
+        assert resp.header("transfer-encoding") is None
+        assert resp.header("content-length") == "3"
+        assert resp.header("connection") is None
+        assert conn.read_response().body == b"next"
+
+
+def test_204_never_carries_content_length(basic):
+    """RFC 9110 §8.6: no Content-Length in a 1xx or 204 response, whatever the app set."""
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", "/status-cl?status=204") + request_bytes("GET", "/id?n=b"))
+        resp = conn.read_response()
+        assert resp.status == 204
+        assert resp.header("content-length") is None
+        assert conn.read_response().body == b"b"
+
+
+def test_304_keeps_the_apps_content_length_and_sends_no_body(basic):
+    """RFC 9110 §8.6 lets a 304 carry the Content-Length of the 200 it stands for."""
+    with RawConn(basic.port) as conn:
+        conn.send(request_bytes("GET", "/status-cl?status=304") + request_bytes("GET", "/id?n=b"))
+        resp = conn.read_response()
+        assert resp.status == 304
+        assert resp.header("content-length") == "5"
+        assert conn.read_response().body == b"b"
+
+
+def test_fragment_is_not_part_of_path_or_query(basic):
+    resp = raw_request(basic.port, request_bytes("GET", "/scope?x=1#frag"))
+    scope = resp.json()
+    assert scope["path"] == "/scope"
+    assert scope["raw_path"] == "/scope"
+    assert scope["query_string"] == "x=1"
+    resp = raw_request(basic.port, request_bytes("GET", "/scope#only-frag"))
+    scope = resp.json()
+    assert scope["path"] == "/scope" and scope["query_string"] == ""

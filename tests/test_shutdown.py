@@ -85,3 +85,32 @@ def test_shutdown_when_idle_is_quick_and_clean(server):
     assert srv.stop(signal.SIGINT) == 0
     assert time.monotonic() - t0 < 3
     assert "BASIC-LIFESPAN-SHUTDOWN" in srv.log()
+
+
+def test_graceful_shutdown_timeout_answers_503_to_requests_not_yet_answered(server):
+    """At the graceful-shutdown timeout, a request whose response has not started gets a 503
+    with `connection: close` (nothing was sent, so a reset would hide what happened); a
+    response cut mid-body ends in a reset."""
+    srv = server("basic:app", "--timeout-graceful-shutdown", "1")
+    waiting = RawConn(srv.port, timeout=10)
+    streaming = RawConn(srv.port, timeout=10, rcvbuf=16384)
+    try:
+        waiting.send(request_bytes("GET", "/stuck"))
+        streaming.send(request_bytes("GET", "/download?token=shutdown&n=64"))
+        time.sleep(0.5)
+        srv.send_signal(signal.SIGTERM)
+        resp = waiting.read_response()
+        assert resp.status == 503
+        assert resp.header("connection") == "close"
+        assert waiting.is_closed()
+        how = "fin"
+        try:
+            while streaming.sock.recv(1 << 20):
+                pass
+        except ConnectionResetError:
+            how = "reset"
+        assert how == "reset"
+        assert srv.wait_exit(10) == 0
+    finally:
+        waiting.close()
+        streaming.close()

@@ -9,8 +9,10 @@ import gc
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sys
+import time
 from urllib.parse import parse_qs
 
 PROGRESS: dict[str, dict] = {}
@@ -328,6 +330,123 @@ async def wait_disconnect(scope, receive, send, q):
         PROGRESS[token]["send_mro"] = [c.__name__ for c in type(exc).__mro__]
 
 
+PATTERN = bytes(range(256)) * 4096  # 1 MiB; byte i of a /big body is i % 256
+
+
+def pattern(size: int) -> bytes:
+    """The first ``size`` bytes of every /big body (what a client hashes it against)."""
+    whole, rest = divmod(size, len(PATTERN))
+    return PATTERN * whole + PATTERN[:rest]
+
+
+async def big(scope, receive, send, q):
+    """``size`` bytes of the pattern in ``chunk``-byte messages (the first one ``first`` bytes);
+    ``cl=0`` leaves the length out (chunked on HTTP/1.1, close-delimited on HTTP/1.0)."""
+    size = int(q.get("size", 1 << 20))
+    chunk = int(q.get("chunk", 1 << 20))
+    first = int(q.get("first", chunk))  # the first message may be shorter
+    headers = [(b"content-type", b"application/octet-stream")]
+    if q.get("cl", "1") == "1":
+        headers.append((b"content-length", str(size).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    sent = 0
+    while sent < size:
+        n = min(first if sent == 0 else chunk, size - sent)
+        start = sent % len(PATTERN)
+        if start + n <= len(PATTERN):
+            part = PATTERN[start : start + n]
+        else:
+            part = (PATTERN * ((start + n) // len(PATTERN) + 1))[start : start + n]
+        sent += n
+        await send({"type": "http.response.body", "body": part, "more_body": sent < size})
+    if size == 0:
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def huge(scope, receive, send, q):
+    """One body message of ``size`` bytes (default 4 GiB + 16) from an anonymous mapping: zero
+    pages, except a marker at each 1 GiB boundary and at the end, so a length truncated to 32
+    bits or a wrapped offset shows."""
+    size = int(q.get("size", (4 << 30) + 16))
+    m = mmap.mmap(-1, size)
+    for gib in range(1, size >> 30):
+        m[(gib << 30) - 8 : (gib << 30)] = b"GiB-%03d|" % gib
+    m[size - 8 :] = b"THE-END!"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(size).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": memoryview(m)})
+
+
+async def block(scope, receive, send, q):
+    """Blocks the event loop for ``s`` seconds (an app doing blocking work)."""
+    time.sleep(float(q.get("s", 1)))
+    await respond(send, b"blocked")
+
+
+async def te_chunked(scope, receive, send, q):
+    """The app frames its own body: Transfer-Encoding: chunked, in two parts."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"transfer-encoding", b"chunked")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"part1,", "more_body": True})
+    await send({"type": "http.response.body", "body": b"part2"})
+
+
+async def retry_start(scope, receive, send, q):
+    """A rejected http.response.start, then a valid one: nothing of the first may stick."""
+    bad = {
+        "chunked": [(b"transfer-encoding", b"chunked"), (b"content-length", b"3")],
+        "close": [(b"connection", b"close"), (b"x-bad", b"a\r\nb")],
+    }[q.get("first", "chunked")]
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": bad})
+    except ValueError:
+        pass
+    await respond(send, b"ok!")
+
+
+async def status_cl(scope, receive, send, q):
+    """Any status, with a Content-Length the app sets (and tries to send a body)."""
+    status = int(q.get("status", 204))
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-length", b"5")]}
+    )
+    await send({"type": "http.response.body", "body": b"" if status in (204, 304) else b"12345"})
+
+
+async def str_body(scope, receive, send, q):
+    """An app bug: a str body (not bytes)."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": "text"})
+
+
+async def double_start(scope, receive, send, q):
+    """An app bug: http.response.start twice."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"never"})
+
+
+async def bad_status(scope, receive, send, q):
+    """An app bug: a status that does not fit in 32 bits (2**32 + 200)."""
+    await send({"type": "http.response.start", "status": int(q.get("status", 2**32 + 200))})
+    await send({"type": "http.response.body", "body": b"never"})
+
+
+async def no_start_then_stuck(scope, receive, send, q):
+    """Never answers (for graceful-shutdown timeouts)."""
+    await asyncio.sleep(3600)
+
+
 async def progress(scope, receive, send, q):
     await respond_json(send, PROGRESS.get(q["token"]))
 
@@ -391,4 +510,28 @@ ROUTES = {
     "/pid": pid_route,
     "/objects": objects_route,
     "/capture-logs": capture_logs,
+    "/big": big,
+    "/huge": huge,
+    "/block": block,
+    "/te-chunked": te_chunked,
+    "/retry-start": retry_start,
+    "/status-cl": status_cl,
+    "/str-body": str_body,
+    "/double-start": double_start,
+    "/bad-status": bad_status,
+    "/stuck": no_start_then_stuck,
 }
+
+
+async def send_after_done(scope, receive, send, q):
+    """Sends again after the response completed: what does send() raise?"""
+    token = q["token"]
+    await respond(send, b"done")
+    try:
+        await send({"type": "http.response.body", "body": b"more"})
+        PROGRESS[token] = {"raised": None}
+    except BaseException as exc:  # noqa: BLE001 - recording what the server raised
+        PROGRESS[token] = {"raised": type(exc).__name__, "oserror": isinstance(exc, OSError)}
+
+
+ROUTES["/send-after-done"] = send_after_done
