@@ -20,7 +20,7 @@ STEAL_LIMIT = 0.1  # cores the hypervisor took away (other guests on the same ho
 
 
 def processes():
-    """{pid: (ppid, pgrp, cpu seconds incl. reaped children)} for every process."""
+    """{pid: (ppid, pgrp, cpu seconds incl. reaped children, name)} for every process."""
     procs = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -29,19 +29,20 @@ def processes():
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         f = stat[stat.rindex(")") + 2 :].split()
         # f[1] ppid, f[2] pgrp, f[11..14] utime stime cutime cstime
-        procs[int(entry)] = (int(f[1]), int(f[2]), sum(int(x) for x in f[11:15]) / HZ)
+        procs[int(entry)] = (int(f[1]), int(f[2]), sum(int(x) for x in f[11:15]) / HZ, name)
     return procs
 
 
 def _foreign(procs, server_pgid):
     me = os.getpid()
     out = {}
-    for pid, (ppid, pgrp, cpu) in procs.items():
+    for pid, (ppid, pgrp, cpu, name) in procs.items():
         if pid in (me, 2) or ppid in (me, 2) or pgrp == server_pgid:
             continue  # ours, or a kernel thread
-        out[pid] = cpu
+        out[pid] = (cpu, name)
     return out
 
 
@@ -58,6 +59,7 @@ class Watch:
         self.pgid = server_pgid
         self.foreign = 0.0
         self.steal = 0.0
+        self.top = []  # [(name, pid, cores)]: who the foreign time came from, largest first
 
     def __enter__(self):
         self.t0 = time.monotonic()
@@ -68,8 +70,14 @@ class Watch:
     def __exit__(self, *exc):
         after = _foreign(processes(), self.pgid)
         wall = max(time.monotonic() - self.t0, 1e-3)
-        used = sum(cpu - self.before.get(pid, 0.0) for pid, cpu in after.items())
-        self.foreign = max(0.0, used) / wall
+        used = {}
+        for pid, (cpu, name) in after.items():
+            delta = cpu - self.before.get(pid, (0.0, name))[0]
+            if delta > 0:
+                used[pid] = (delta, name)
+        self.foreign = sum(d for d, _ in used.values()) / wall
+        worst = sorted(used.items(), key=lambda kv: -kv[1][0])[:3]
+        self.top = [(name, pid, round(d / wall, 3)) for pid, (d, name) in worst]
         self.steal = (_steal() - self.steal0) / wall
         return False
 

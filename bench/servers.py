@@ -55,6 +55,7 @@ class Server:
     lacks: dict = field(default_factory=dict)  # feature -> why the row is empty
     version: object = None  # callable() -> str
     is_pronghorn: bool = False
+    default: bool = True  # in a run that does not name its servers
 
 
 def _peer(name):
@@ -109,13 +110,14 @@ def _nginx_version():
 
 
 def pronghorn_argv(app, extra=()):
+    """pronghorn as installed, on its default loop (`--loop auto`)."""
+
     def argv(port, h2_port, workdir):
         return [
             str(PRONGHORN_EXE),
             app,
             *extra,
             "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop",
             "--no-access-log", "--log-level", "warning",
             "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
         ]  # fmt: skip
@@ -167,6 +169,14 @@ def all_servers():
             "pronghorn", "pronghorn", "asgi", pronghorn_argv("asgi_app:app"),
             features=set(both), lacks={"h2": "not yet"},
             version=_pronghorn_version, is_pronghorn=True,
+        ),
+        # asyncio's own loop instead of the default uvloop: the evidence for the default, run
+        # when named (`--servers pronghorn pronghorn-asyncio nginx`)
+        Server(
+            "pronghorn-asyncio", "pronghorn (asyncio)", "asgi",
+            pronghorn_argv("asgi_app:app", ["--loop", "asyncio"]),
+            features=set(both), lacks={"h2": "not yet"},
+            version=_pronghorn_version, default=False,
         ),
         Server(
             "granian", "granian", "asgi",
@@ -339,7 +349,7 @@ class Running:
 
     def pids(self):
         """PIDs of the server's process group (the server and any workers it forked)."""
-        return [pid for pid, (_, pgrp, _) in processes().items() if pgrp == self.proc.pid]
+        return [pid for pid, (_, pgrp, _, _) in processes().items() if pgrp == self.proc.pid]
 
     def rss_kib(self):
         """Resident memory of the whole process group, in KiB."""
