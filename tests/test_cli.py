@@ -2,6 +2,7 @@
 variables, and the Python API ``pronghorn.run()``."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -186,11 +187,23 @@ def test_backlog_flag(server):
     assert httpx.get(srv.url, timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
-def test_loop_flag(server, loop):
+@pytest.mark.parametrize(
+    "loop, module", [("auto", "uvloop"), ("asyncio", "asyncio.unix_events"), ("uvloop", "uvloop")]
+)
+def test_loop_flag(server, loop, module):
     srv = server("basic:app", "--loop", loop)
     with httpx.Client(base_url=srv.url, timeout=5) as client:
+        assert client.get("/loop").text == module
         assert client.post("/echo", content=b"x" * 100_000).content == b"x" * 100_000
+
+
+def test_loop_auto_without_uvloop(server, tmp_path):
+    """`auto` falls back to asyncio's loop where uvloop cannot be imported."""
+    (tmp_path / "uvloop").mkdir()
+    (tmp_path / "uvloop" / "__init__.py").write_text("raise ImportError('no uvloop here')\n")
+    pythonpath = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    srv = server("basic:app", env={"PYTHONPATH": pythonpath})
+    assert httpx.get(srv.url + "/loop", timeout=5).text == "asyncio.unix_events"
 
 
 def test_host_flag_ipv6(server):

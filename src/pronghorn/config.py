@@ -255,9 +255,7 @@ class Config:
         self.lifespan = _as_choice("lifespan", self.lifespan, LIFESPAN_MODES)
         self.loop = _as_choice("loop", self.loop, LOOP_CHOICES)
         if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-            raise _fail(
-                "loop", "uvloop is not installed (pip install 'pronghorn[uvloop]')", "uvloop"
-            )
+            raise _fail("loop", "uvloop is not installed (pip install uvloop)", "uvloop")
 
         self.timeout_keep_alive = _as_seconds(
             "timeout_keep_alive", self.timeout_keep_alive, allow_zero=False
