@@ -70,6 +70,20 @@ def test_app_error_before_any_byte_left_is_a_500_not_a_reset(basic, path, why):
     assert why in log, log
 
 
+@pytest.mark.parametrize("kind", ["built", "subclass"])
+def test_message_types_compared_by_value(basic, kind):
+    """A message type equal to the constant but not the same object (a str subclass, or a
+    string built at run time) is still that type."""
+    resp = httpx.get(basic.url + "/message-types", params={"kind": kind}, timeout=5)
+    assert (resp.status_code, resp.text) == (200, "ok")
+
+
+def test_unknown_message_type_is_an_app_error(basic):
+    resp = httpx.get(basic.url + "/message-types", params={"kind": "bad"}, timeout=5)
+    assert resp.status_code == 500
+    basic.wait_for_log("unexpected ASGI message type")
+
+
 def test_send_after_the_response_completed_is_an_app_error_not_a_disconnect(basic):
     """The client is still there: a message after the last body is the app's mistake
     (RuntimeError, as under uvicorn), not ClientDisconnected."""

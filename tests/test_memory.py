@@ -3,8 +3,9 @@
 
 import os
 
+import httpx
 import pytest
-from conftest import RawConn, proc_status, request_bytes
+from conftest import IS_UVICORN, RawConn, proc_status, request_bytes
 
 SLACK = 1 << 20  # 1 MiB
 
@@ -73,3 +74,12 @@ def test_no_python_objects_leak_per_request(server):
     after = objects()
     # 500 requests leaking even one object each would add 500+.
     assert after - before < 100, f"{after - before} more live objects after 500 more requests"
+
+
+def test_startup_heap_is_frozen(basic):
+    """What the app built before serving is out of the collector's way: a full collection
+    under load does not walk it."""
+    if IS_UVICORN:
+        pytest.skip("pronghorn's own behaviour")
+    info = httpx.get(basic.url + "/gc", timeout=5).json()
+    assert info["frozen"] > 1000, info

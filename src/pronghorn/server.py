@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import signal
@@ -128,6 +129,15 @@ class _Shutdown:
         self.event.set()
 
 
+def _freeze_startup_heap() -> None:
+    """What the app built at import and startup (modules, routes, models) lives as long as the
+    process: moved out of the collector's generations, a full collection under load no longer
+    walks it. Measured with a FastAPI app: full collections took up to 29 ms with its 46k
+    startup objects in the heap, 0.5 ms with them frozen (README, Performance)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
     from . import _core
 
@@ -173,6 +183,7 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
         names.append(_describe(config, sock, is_unix))
         server.listen(sock.detach(), is_unix, config.backlog)
     server.start()
+    _freeze_startup_heap()
     for name in names:
         logger.info("pronghorn running on %s (Press CTRL+C to quit)", name)
 
@@ -207,10 +218,17 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
 
 
 def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
-    if choice in ("uvloop",):
-        import uvloop
-
-        return uvloop.new_event_loop()
+    """`auto` is uvloop when it can be imported (a dependency of pronghorn where it builds):
+    measured, it serves ASGI hello about 1.4x faster than asyncio's own loop (README,
+    Performance). Without it, asyncio's loop."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
 
@@ -221,6 +239,7 @@ def serve(config: Config) -> int:
     socks = bind_sockets(config)
     logger.info("Started server process [%d]", os.getpid())
     loop = _new_loop(config.loop)
+    logger.debug("Event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(_serve(config, app, socks))

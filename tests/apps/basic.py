@@ -442,6 +442,23 @@ async def bad_status(scope, receive, send, q):
     await send({"type": "http.response.body", "body": b"never"})
 
 
+class _Str(str):
+    pass
+
+
+async def message_types(scope, receive, send, q):
+    """Message types spelled as a str subclass, as a string built at run time (not interned),
+    or (?kind=bad) as a near miss of the right one."""
+    if q.get("kind") == "bad":
+        start, body = "http.response.star", "http.response.body"
+    elif q.get("kind") == "subclass":
+        start, body = _Str("http.response.start"), _Str("http.response.body")
+    else:
+        start, body = "".join(["http.response.", "start"]), "".join(["http.", "response.body"])
+    await send({"type": start, "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": body, "body": b"ok"})
+
+
 async def no_start_then_stuck(scope, receive, send, q):
     """Never answers (for graceful-shutdown timeouts)."""
     await asyncio.sleep(3600)
@@ -458,6 +475,17 @@ async def resume(scope, receive, send, q):
 
 async def pid_route(scope, receive, send, q):
     await respond(send, str(os.getpid()).encode())
+
+
+async def gc_route(scope, receive, send, q):
+    """How many objects the collector skips (frozen at startup)."""
+    frozen = gc.get_freeze_count()
+    await respond_json(send, {"frozen": frozen})
+
+
+async def loop_route(scope, receive, send, q):
+    loop = asyncio.get_running_loop()
+    await respond(send, type(loop).__module__.encode())
 
 
 async def objects_route(scope, receive, send, q):
@@ -508,6 +536,8 @@ ROUTES = {
     "/progress": progress,
     "/resume": resume,
     "/pid": pid_route,
+    "/loop": loop_route,
+    "/gc": gc_route,
     "/objects": objects_route,
     "/capture-logs": capture_logs,
     "/big": big,
@@ -519,6 +549,7 @@ ROUTES = {
     "/str-body": str_body,
     "/double-start": double_start,
     "/bad-status": bad_status,
+    "/message-types": message_types,
     "/stuck": no_start_then_stuck,
 }
 
