@@ -191,3 +191,36 @@ def test_forwarded_allow_ips_flag(server):
     scope = get_scope(srv.port, target="/p", headers=PROXY)
     assert scope["client"][0] == "127.0.0.1"  # 127.0.0.1 is no longer a trusted proxy
     assert scope["scheme"] == "http"
+
+
+def test_scope_client_port_per_connection(scope_everywhere):
+    """Many connections open at once, several requests each: every scope names its own
+    connection's port (the client tuple is shared per peer address, never mixed up)."""
+    conns = [RawConn(scope_everywhere.port) for _ in range(150)]
+    try:
+        for _ in range(2):
+            for conn in conns:
+                conn.send(request_bytes("GET", "/scope"))
+            for conn in conns:
+                scope = json.loads(conn.read_response().body)
+                assert scope["client"] == ["127.0.0.1", conn.local_port]
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_scope_common_and_rare_header_names(scope_everywhere):
+    """Names the server keeps ready-made and names it does not come out the same way."""
+    sent = [
+        ("User-Agent", "ua"),
+        ("X-Forwarded-Fo", "near miss"),
+        ("Accept-Encoding", "gzip"),
+        ("Te", "trailers"),
+        ("X-Custom", "1"),
+        ("Content-Typ", "near miss"),
+    ]
+    scope = get_scope(scope_everywhere.port, target="/scope", headers=sent)
+    names = [n for n, _ in scope["headers"]]
+    for name, value in sent:
+        assert [name.lower(), value] in scope["headers"]
+    assert names.count("user-agent") == 1

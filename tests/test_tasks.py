@@ -61,3 +61,26 @@ def test_task_semantics_with_each_loop(server, loop):
     assert get(srv, "/current-task")["first_is_task"] is True
     assert get(srv, "/cancel")["timeout"] == "TimeoutError"
     assert get(srv, "/anyio")["fail_after"] == "TimeoutError"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("kind", ["bare", "timer"])
+def test_cancel_before_the_first_await(server, loop, kind):
+    """The first step of the app may run before the loop's first iteration for its Task: a
+    cancellation requested in it still lands at the first await, and the task can take it
+    back (uncancel) as in any Task."""
+    srv = server("tasks:app", "--loop", loop)
+    assert get(srv, "/cancel-first?" + kind) == {"outcome": "cancelled", "cancelling": 0}
+    assert get(srv, "/current-task")["first_is_task"] is True
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_cancelled_in_first_step_after_answering(server, loop):
+    srv = server("tasks:app", "--loop", loop)
+    with httpx.Client(base_url=srv.url, timeout=10) as client:
+        for _ in range(3):
+            assert client.get("/cancel-then-return").json() == {"answered": True}
+        resp = client.get("/raise-cancelled-first")
+        assert resp.status_code == 500  # nothing was sent: the server answers for the app
+        assert client.get("/current-task").status_code == 200
+    assert "Traceback" not in srv.log()  # a cancellation is not an app error

@@ -36,6 +36,11 @@ typedef struct {
     PyObject *coro;
     ph_req_t *req;
     int running;
+    /* 3.11: the bridge took the app's first step itself (start_task()); the Task's own first
+     * step picks up what it left: the value the app yielded, or its end. */
+    int stepped;
+    PyObject *yielded; /* NULL: the app ended in that step */
+    PyObject *exc;     /* how it ended when that was a cancellation, for the Task to see */
 } driver_t;
 
 enum { WAIT_RECEIVE, WAIT_SEND };
@@ -164,6 +169,33 @@ static PyObject *server_tuple(ph_pyserver_t *srv, const struct sockaddr_storage 
     if (t) {
         Py_XSETREF(srv->server_addr, Py_NewRef(t));
         memcpy(&srv->server_sockaddr, ss, sizeof(*ss));
+    }
+    return t;
+}
+
+/* The scope's "client": shared by every request from the same peer address. */
+static PyObject *client_tuple(ph_pyserver_t *srv, const struct sockaddr_storage *ss)
+{
+    size_t len;
+    unsigned key;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        len = sizeof(*a);
+        key = ntohs(a->sin_port) ^ a->sin_addr.s_addr;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        len = sizeof(*a);
+        key = ntohs(a->sin6_port) ^ a->sin6_addr.s6_addr[15];
+    } else {
+        Py_RETURN_NONE;
+    }
+    ph_peer_slot_t *slot = &srv->peers[(key ^ (key >> 16)) % PH_PEER_SLOTS];
+    if (slot->tuple && memcmp(&slot->addr, ss, len) == 0)
+        return Py_NewRef(slot->tuple);
+    PyObject *t = addr_tuple(ss);
+    if (t) {
+        Py_XSETREF(slot->tuple, Py_NewRef(t));
+        memcpy(&slot->addr, ss, len);
     }
     return t;
 }
@@ -507,6 +539,21 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
     return Py_NewRef(st->done);
 }
 
+/* obj == the interned ASCII string s. An app's "http.response.start" literal is not interned
+ * (it is not an identifier), so identity alone misses it; this compares the bytes, without
+ * PyUnicode_Compare's generality. */
+static int str_eq(PyObject *obj, PyObject *s)
+{
+    if (obj == s)
+        return 1;
+    if (!PyUnicode_Check(obj))
+        return 0;
+    if (!PyUnicode_IS_COMPACT_ASCII(obj)) /* a str subclass, or not ASCII */
+        return PyUnicode_Compare(obj, s) == 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    return PyUnicode_GET_LENGTH(obj) == n && memcmp(PyUnicode_DATA(obj), PyUnicode_DATA(s), n) == 0;
+}
+
 static PyObject *req_send(ph_req_t *r, PyObject *msg)
 {
     ph_state_t *st = r->srv->st;
@@ -520,14 +567,10 @@ static PyObject *req_send(ph_req_t *r, PyObject *msg)
             PyErr_SetString(PyExc_KeyError, "an ASGI message needs a 'type'");
         return NULL;
     }
-    if (type == st->v_http_response_body ||
-        (PyUnicode_Check(type) && PyUnicode_Compare(type, st->v_http_response_body) == 0))
+    if (str_eq(type, st->v_http_response_body))
         return send_body(r, msg);
-    if (type == st->v_http_response_start ||
-        (PyUnicode_Check(type) && PyUnicode_Compare(type, st->v_http_response_start) == 0))
+    if (str_eq(type, st->v_http_response_start))
         return send_start(r, msg);
-    if (PyErr_Occurred())
-        return NULL;
     PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for an http scope", type);
     return NULL;
 }
@@ -844,6 +887,8 @@ static int driver_traverse(driver_t *d, visitproc visit, void *arg)
 {
     Py_VISIT(d->coro);
     Py_VISIT(d->req);
+    Py_VISIT(d->yielded);
+    Py_VISIT(d->exc);
     Py_VISIT(Py_TYPE(d));
     return 0;
 }
@@ -852,6 +897,8 @@ static int driver_clear(driver_t *d)
 {
     Py_CLEAR(d->coro);
     Py_CLEAR(d->req);
+    Py_CLEAR(d->yielded);
+    Py_CLEAR(d->exc);
     return 0;
 }
 
@@ -900,8 +947,30 @@ static PySendResult driver_after(driver_t *d, PySendResult rv, PyObject **result
     return PYGEN_RETURN;
 }
 
+/* The Task's first step after the bridge's eager one: hand over what that step left. */
+static PySendResult driver_take_stepped(driver_t *d, PyObject **result)
+{
+    d->stepped = 0;
+    if (d->yielded) {
+        *result = d->yielded;
+        d->yielded = NULL;
+        return PYGEN_NEXT;
+    }
+    if (d->exc) {
+        PyObject *exc = d->exc;
+        d->exc = NULL;
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        return PYGEN_ERROR;
+    }
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
 static PySendResult driver_am_send(driver_t *d, PyObject *arg, PyObject **result)
 {
+    if (d->stepped)
+        return driver_take_stepped(d, result);
     if (d->coro == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
@@ -933,6 +1002,20 @@ static PyObject *driver_throw(driver_t *d, PyObject *const *args, Py_ssize_t nar
     if (nargs < 1 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
         return NULL;
+    }
+    if (d->stepped) {
+        /* Thrown in before the Task saw what the eager step left (a cancellation). */
+        d->stepped = 0;
+        Py_CLEAR(d->exc);
+        PyObject *y = d->yielded;
+        d->yielded = NULL;
+        if (y && y != Py_None) {
+            /* The app awaits y, which the Task never saw: cancel it, as the Task would. */
+            PyObject *res = PyObject_CallMethod(y, "cancel", NULL);
+            Py_XDECREF(res);
+            PyErr_Clear();
+        }
+        Py_XDECREF(y);
     }
     if (d->coro == NULL)
         return raise_thrown(args, nargs);
@@ -968,6 +1051,9 @@ static PyObject *driver_throw(driver_t *d, PyObject *const *args, Py_ssize_t nar
 static PyObject *driver_close(driver_t *d, PyObject *unused)
 {
     (void)unused;
+    d->stepped = 0;
+    Py_CLEAR(d->yielded);
+    Py_CLEAR(d->exc);
     if (d->coro == NULL)
         Py_RETURN_NONE;
     PyObject *coro = d->coro;
@@ -1235,14 +1321,30 @@ static int set_paths(ph_pyserver_t *srv, PyObject *scope, const ph_request_t *rq
     return rv;
 }
 
-static PyObject *header_list(const ph_request_t *rq)
+static PyObject *header_name(ph_state_t *st, ph_slice_t name)
+{
+    if (name.len > 0) {
+        unsigned slot = ph_hname_slot(name.base, name.len);
+        for (int probe = 0; probe < PH_HNAME_PROBES; probe++, slot = (slot + 1) % PH_HNAME_SLOTS) {
+            PyObject *b = st->hnames[slot];
+            if (b == NULL)
+                break;
+            if ((size_t)PyBytes_GET_SIZE(b) == name.len &&
+                memcmp(PyBytes_AS_STRING(b), name.base, name.len) == 0)
+                return Py_NewRef(b);
+        }
+    }
+    return PyBytes_FromStringAndSize(name.base, (Py_ssize_t)name.len);
+}
+
+static PyObject *header_list(ph_state_t *st, const ph_request_t *rq)
 {
     PyObject *headers = PyList_New((Py_ssize_t)rq->nheaders);
     if (headers == NULL)
         return NULL;
     for (size_t i = 0; i < rq->nheaders; i++) {
         const ph_header_t *h = &rq->headers[i];
-        PyObject *n = PyBytes_FromStringAndSize(h->name.base, (Py_ssize_t)h->name.len);
+        PyObject *n = header_name(st, h->name);
         PyObject *v = n ? PyBytes_FromStringAndSize(h->value.base, (Py_ssize_t)h->value.len) : NULL;
         PyObject *pair = v ? PyTuple_New(2) : NULL;
         if (pair == NULL) {
@@ -1275,7 +1377,7 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     const ph_request_t *rq = &s->req;
     PyObject *method = method_str(st, rq->method);
     PyObject *version = rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
-    PyObject *client = method ? addr_tuple(s->peer) : NULL;
+    PyObject *client = method ? client_tuple(srv, s->peer) : NULL;
     PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);
     PyObject *scope = client ? _PyDict_NewPresized(16) : NULL;
     PyObject *asgi = scope ? PyDict_New() : NULL;
@@ -1300,7 +1402,7 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     SET_NEW(scope, st->k_query_string,
             PyBytes_FromStringAndSize(rq->query.base, (Py_ssize_t)rq->query.len));
     SET(scope, st->k_root_path, srv->root_path);
-    SET_NEW(scope, st->k_headers, header_list(rq));
+    SET_NEW(scope, st->k_headers, header_list(st, rq));
     SET(scope, st->k_client, client);
     SET_NEW(scope, st->k_server, server_tuple(srv, s->local));
     SET_NEW(scope, st->k_extensions, PyDict_New());
@@ -1339,46 +1441,74 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
 
 /* ---- starting the app ---- */
 
-/* Runs the task's first step now, inside the current callback, instead of a loop iteration
- * later. 3.12+ has this built in; on 3.10/3.11 the step the Task just scheduled is taken off the
- * asyncio loop's ready queue and run in the task's context, exactly as the loop would run it. */
-static PyObject *start_task(ph_pyserver_t *srv, PyObject *coro)
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* 3.11: the app's first step, taken now as the Task would take it (in the Task's context, with
+ * the Task current), whatever the loop. The Task's own first step, a loop iteration later, picks
+ * up what this one left (driver_take_stepped()); an app that never waits on I/O has answered by
+ * then. When another task is current (a request accepted inside server.start()), the Task takes
+ * the first step itself. */
+static void eager_step(ph_pyserver_t *srv, driver_t *d, PyObject *task, PyObject *ctx)
+{
+    ph_state_t *st = srv->st;
+    PyObject *args[2] = {srv->aloop, task};
+    if (PyContext_Enter(ctx) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *ok = PyObject_Vectorcall(st->enter_task, args, 2, NULL);
+    if (ok == NULL) {
+        PyErr_Clear();
+        PyContext_Exit(ctx);
+        return;
+    }
+    Py_DECREF(ok);
+    PyObject *v = NULL;
+    PySendResult rv = driver_am_send(d, Py_None, &v);
+    d->stepped = 1;
+    if (rv == PYGEN_NEXT) {
+        d->yielded = v;
+    } else if (rv == PYGEN_RETURN) {
+        Py_DECREF(v);
+    } else {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value && tb)
+            PyException_SetTraceback(value, tb);
+        d->exc = value ? value : Py_NewRef(st->cancelled_error);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    }
+    PyObject *left = PyObject_Vectorcall(st->leave_task, args, 2, NULL);
+    if (left == NULL)
+        PyErr_WriteUnraisable(st->leave_task);
+    Py_XDECREF(left);
+    PyContext_Exit(ctx);
+}
+#endif
+
+/* The app's Task, its first step taken now, inside the current callback, instead of a loop
+ * iteration later: 3.12+ has this built in (eager_start); 3.11 gets eager_step(); 3.10 waits for
+ * the loop. */
+static PyObject *start_task(ph_pyserver_t *srv, driver_t *d)
 {
     ph_state_t *st = srv->st;
 #if PY_VERSION_HEX >= 0x030C0000
-    PyObject *argv[3] = {coro, srv->aloop, Py_True};
+    PyObject *argv[3] = {(PyObject *)d, srv->aloop, Py_True};
     return PyObject_Vectorcall(st->task_type, argv, 1, st->kw_loop_eager);
-#else
-    Py_ssize_t before = srv->ready ? PyObject_Length(srv->ready) : -1;
-    PyObject *argv[2] = {coro, srv->aloop};
-    PyObject *task = PyObject_Vectorcall(st->task_type, argv, 1, st->kw_loop);
-    if (task == NULL || before < 0)
-        return task;
-    if (PyObject_Length(srv->ready) != before + 1)
-        return task;
-    PyObject *handle = PyObject_CallMethodNoArgs(srv->ready, st->s_pop);
-    if (handle == NULL) {
-        PyErr_WriteUnraisable(srv->ready);
-        return task;
-    }
-    PyObject *ctx = PyObject_GetAttr(handle, st->s_context);
-    PyObject *cb = ctx ? PyObject_GetAttr(handle, st->s_callback) : NULL;
-    if (cb && PyContext_CheckExact(ctx) && PyContext_Enter(ctx) == 0) {
-        PyObject *res = PyObject_CallNoArgs(cb);
-        if (res == NULL)
-            PyErr_WriteUnraisable(cb);
-        Py_XDECREF(res);
-        PyContext_Exit(ctx);
-    } else {
-        /* Not what we expected: put it back for the loop to run. */
-        PyErr_Clear();
-        PyObject *r = PyObject_CallMethod(srv->ready, "append", "O", handle);
-        Py_XDECREF(r);
-    }
-    Py_XDECREF(cb);
-    Py_XDECREF(ctx);
-    Py_DECREF(handle);
+#elif PY_VERSION_HEX >= 0x030B0000
+    PyObject *ctx = PyContext_CopyCurrent();
+    if (ctx == NULL)
+        return NULL;
+    PyObject *argv[4] = {(PyObject *)d, srv->aloop, st->task_name, ctx};
+    PyObject *task = PyObject_Vectorcall(st->task_type, argv, 1, st->kw_loop_name_context);
+    if (task)
+        eager_step(srv, d, task, ctx);
+    Py_DECREF(ctx);
     return task;
+#else
+    PyObject *argv[3] = {(PyObject *)d, srv->aloop, st->task_name};
+    return PyObject_Vectorcall(st->task_type, argv, 1, st->kw_loop_name);
 #endif
 }
 
@@ -1460,6 +1590,8 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     d->coro = coro;
     d->req = (ph_req_t *)Py_NewRef(r);
     d->running = 0;
+    d->stepped = 0;
+    d->yielded = d->exc = NULL;
     PyObject_GC_Track(d);
     r->app_running = 1;
     r->linked = 1;
@@ -1468,7 +1600,7 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
         srv->reqs->prev = r;
     srv->reqs = r;
     srv->nreqs++;
-    PyObject *task = start_task(srv, (PyObject *)d);
+    PyObject *task = start_task(srv, d);
     Py_DECREF(d);
     if (task == NULL) {
         PyErr_WriteUnraisable(NULL);

@@ -11,6 +11,26 @@
 
 typedef struct ph_req_s ph_req_t;
 
+#define PH_HNAME_SLOTS 128
+#define PH_HNAME_PROBES 4
+/* Where a header name's search in ph_state_t.hnames starts (open addressing, PH_HNAME_PROBES
+ * slots at most). */
+static inline unsigned ph_hname_slot(const char *name, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)name[i]) * 16777619u;
+    return (h >> 16) % PH_HNAME_SLOTS;
+}
+
+/* The scope's "client" tuple, kept per peer address: every request on a connection (and any
+ * later connection from the same address and port) shares one. */
+#define PH_PEER_SLOTS 64
+typedef struct {
+    struct sockaddr_storage addr;
+    PyObject *tuple;
+} ph_peer_slot_t;
+
 /* Interned strings and constants, created once per module. Object references only (the
  * module's GC support walks it as an array of them). */
 typedef struct {
@@ -29,10 +49,15 @@ typedef struct {
         *v_http_response_start, *v_http_response_body;
     /* methods and attributes */
     PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
-        *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_context,
-        *s_callback, *s_pop, *s_ready, *s_await;
+        *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start,
+        *s_await;
     PyObject *methods[8]; /* GET HEAD POST PUT DELETE PATCH OPTIONS TRACE */
-    PyObject *kw_loop, *kw_loop_eager;
+    PyObject *kw_loop_eager, *kw_loop_name, *kw_loop_name_context;
+    PyObject *enter_task, *leave_task; /* asyncio's _enter_task / _leave_task (3.11) */
+    PyObject *task_name; /* one name for every request's Task (3.11 formats "Task-N" otherwise) */
+    /* Common request header names as bytes, by ph_hname_slot(): a request's headers share
+     * them instead of allocating each name again. */
+    PyObject *hnames[PH_HNAME_SLOTS];
 } ph_state_t;
 
 typedef struct {
@@ -41,7 +66,6 @@ typedef struct {
     ph_loop_t loop;
     ph_server_t server;
     PyObject *app, *aloop, *state, *root_path, *root_path_bytes;
-    PyObject *ready;         /* the asyncio loop's ready deque, for eager starts on 3.10/3.11 */
     PyObject *access_log;    /* callable(client, method, path, version, status, bytes, seconds) */
     PyObject *log_exception; /* callable(message, exc) */
     PyObject *proxy;         /* callable(client_host, x_forwarded_for, x_forwarded_proto) or NULL */
@@ -50,6 +74,7 @@ typedef struct {
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
     struct sockaddr_storage server_sockaddr;
+    ph_peer_slot_t peers[PH_PEER_SLOTS];
     ph_req_t *reqs; /* requests whose app has not returned (for shutdown) */
     size_t nreqs;
     ph_req_t *held; /* requests an open stream holds a reference to */

@@ -195,20 +195,6 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         goto fail;
     }
 
-#if PY_VERSION_HEX < 0x030C0000
-    /* asyncio's own loop keeps its ready queue in _ready; other loops get plain scheduling. */
-    PyObject *ready = PyObject_GetAttr(aloop, srv->st->s_ready);
-    if (ready) {
-        PyObject *collections = PyImport_ImportModule("collections");
-        PyObject *deque = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
-        if (deque && PyObject_TypeCheck(ready, (PyTypeObject *)deque))
-            srv->ready = Py_NewRef(ready);
-        Py_XDECREF(deque);
-        Py_XDECREF(collections);
-        Py_DECREF(ready);
-    }
-    PyErr_Clear();
-#endif
     return (PyObject *)srv;
 fail:
     Py_DECREF(srv);
@@ -226,8 +212,9 @@ static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->tick);
     Py_VISIT(srv->on_timer);
     Py_VISIT(srv->timer_handle);
-    Py_VISIT(srv->ready);
     Py_VISIT(srv->server_addr);
+    for (int i = 0; i < PH_PEER_SLOTS; i++)
+        Py_VISIT(srv->peers[i].tuple);
     /* The references open streams hold (through the reactor, which the GC cannot see): a
      * request in flight on a server nobody closed is a cycle the GC must find. */
     for (ph_req_t *r = srv->held; r; r = ph_asgi_next_held(r))
@@ -250,8 +237,9 @@ static int server_clear(ph_pyserver_t *srv)
     Py_CLEAR(srv->tick);
     Py_CLEAR(srv->on_timer);
     Py_CLEAR(srv->timer_handle);
-    Py_CLEAR(srv->ready);
     Py_CLEAR(srv->server_addr);
+    for (int i = 0; i < PH_PEER_SLOTS; i++)
+        Py_CLEAR(srv->peers[i].tuple);
     return 0;
 }
 
@@ -497,28 +485,52 @@ static int module_exec(PyObject *m)
     INTERN(s_close, "close");
     INTERN(s_loop, "loop");
     INTERN(s_eager_start, "eager_start");
-    INTERN(s_context, "_context");
-    INTERN(s_callback, "_callback");
-    INTERN(s_pop, "pop");
-    INTERN(s_ready, "_ready");
     INTERN(s_await, "__await__");
     static const char *const methods[8] = {"GET",    "HEAD",  "POST",    "PUT",
                                            "DELETE", "PATCH", "OPTIONS", "TRACE"};
     for (int i = 0; i < 8; i++)
         INTERN(methods[i], methods[i]);
-    st->kw_loop = Py_BuildValue("(O)", st->s_loop);
     st->kw_loop_eager = Py_BuildValue("(OO)", st->s_loop, st->s_eager_start);
+    INTERN(task_name, "pronghorn-request");
+    st->kw_loop_name = Py_BuildValue("(Os)", st->s_loop, "name");
+    st->kw_loop_name_context = Py_BuildValue("(Oss)", st->s_loop, "name", "context");
+    if (!st->kw_loop_name || !st->kw_loop_name_context)
+        return -1;
+    static const char *const hnames[] = {
+        "host", "user-agent", "accept", "accept-encoding", "accept-language", "connection",
+        "content-type", "content-length", "cookie", "authorization", "cache-control", "origin",
+        "referer", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
+        "x-request-id", "if-none-match", "if-modified-since", "upgrade", "pragma", "te",
+        "transfer-encoding", "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest",
+        "sec-fetch-user", "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform",
+        "upgrade-insecure-requests", "dnt", "range", "expect", "content-encoding", "traceparent",
+        "priority", "grpc-timeout", "connect-protocol-version", "sec-websocket-key",
+        "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"};
+    for (size_t i = 0; i < sizeof(hnames) / sizeof(hnames[0]); i++) {
+        size_t len = strlen(hnames[i]);
+        unsigned slot = ph_hname_slot(hnames[i], len);
+        for (int probe = 0; probe < PH_HNAME_PROBES; probe++, slot = (slot + 1) % PH_HNAME_SLOTS) {
+            if (st->hnames[slot] == NULL) {
+                st->hnames[slot] = PyBytes_FromStringAndSize(hnames[i], (Py_ssize_t)len);
+                if (st->hnames[slot] == NULL)
+                    return -1;
+                break;
+            }
+        }
+    }
     st->empty_bytes = PyBytes_FromStringAndSize("", 0);
-    if (!st->kw_loop || !st->kw_loop_eager || !st->empty_bytes)
+    if (!st->kw_loop_eager || !st->empty_bytes)
         return -1;
 
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (asyncio == NULL)
         return -1;
     st->task_type = PyObject_GetAttrString(asyncio, "Task");
+    st->enter_task = PyObject_GetAttrString(asyncio, "_enter_task");
+    st->leave_task = PyObject_GetAttrString(asyncio, "_leave_task");
     st->cancelled_error = PyObject_GetAttrString(asyncio, "CancelledError");
     Py_DECREF(asyncio);
-    if (!st->task_type || !st->cancelled_error)
+    if (!st->task_type || !st->cancelled_error || !st->enter_task || !st->leave_task)
         return -1;
 
     st->client_disconnected = PyErr_NewExceptionWithDoc(

@@ -141,7 +141,36 @@ async def anyio_route(scope, receive, send):
     await respond_json(send, result)
 
 
+async def cancel_in_first_step(scope, receive, send):
+    """The request's task cancels itself before its first await: the cancellation arrives at
+    that await, as it does in any Task (the server may take this first step itself)."""
+    task = asyncio.current_task()
+    task.cancel()
+    delay = 0 if scope["query_string"] == b"bare" else 1
+    try:
+        await asyncio.sleep(delay)
+        outcome = "not cancelled"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        task.uncancel()
+    await respond_json(send, {"outcome": outcome, "cancelling": task.cancelling()})
+
+
+async def cancel_then_return(scope, receive, send):
+    """Cancelled in its first step, the app answers without waiting and returns: the answer
+    stands; the task ends cancelled."""
+    asyncio.current_task().cancel()
+    await respond_json(send, {"answered": True})
+
+
+async def raise_cancelled_first(scope, receive, send):
+    raise asyncio.CancelledError
+
+
 ROUTES = {
+    "/cancel-first": cancel_in_first_step,
+    "/cancel-then-return": cancel_then_return,
+    "/raise-cancelled-first": raise_cancelled_first,
     "/current-task": current_task,
     "/contextvars": context_vars,
     "/cancel": cancellation,
