@@ -201,7 +201,13 @@ static void test_write_deadline_is_about_progress(void)
     run_for(&f, 1000);
     CHECK(f.closed);
     double took = now_ms() - stop;
-    CHECK(took >= 90 && took < 300);
+    /* The deadline counts from the last byte the server wrote, which is up to one socket
+     * buffer's worth of reads (~20-30 ms here) before the reader's last read: so not much less
+     * than the timeout. The upper bound only says "about": a busy machine (ASan, other jobs)
+     * delays the check that cuts it. */
+    if (!(took >= 50 && took < 600))
+        fprintf(stderr, "write deadline: cut %.0f ms after the reader stopped\n", took);
+    CHECK(took >= 50 && took < 600);
     teardown(&f);
 }
 
