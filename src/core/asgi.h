@@ -49,8 +49,7 @@ typedef struct {
         *v_http_response_start, *v_http_response_body;
     /* methods and attributes */
     PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
-        *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start,
-        *s_await;
+        *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_await;
     PyObject *methods[8]; /* GET HEAD POST PUT DELETE PATCH OPTIONS TRACE */
     PyObject *kw_loop_eager, *kw_loop_name, *kw_loop_name_context;
     PyObject *enter_task, *leave_task; /* asyncio's _enter_task / _leave_task (3.11) */

@@ -496,27 +496,28 @@ static int module_exec(PyObject *m)
     st->kw_loop_name_context = Py_BuildValue("(Oss)", st->s_loop, "name", "context");
     if (!st->kw_loop_name || !st->kw_loop_name_context)
         return -1;
-    static const char *const hnames[] = {
-        "host", "user-agent", "accept", "accept-encoding", "accept-language", "connection",
-        "content-type", "content-length", "cookie", "authorization", "cache-control", "origin",
-        "referer", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
-        "x-request-id", "if-none-match", "if-modified-since", "upgrade", "pragma", "te",
-        "transfer-encoding", "sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest",
-        "sec-fetch-user", "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform",
-        "upgrade-insecure-requests", "dnt", "range", "expect", "content-encoding", "traceparent",
-        "priority", "grpc-timeout", "connect-protocol-version", "sec-websocket-key",
-        "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"};
-    for (size_t i = 0; i < sizeof(hnames) / sizeof(hnames[0]); i++) {
-        size_t len = strlen(hnames[i]);
-        unsigned slot = ph_hname_slot(hnames[i], len);
+    /* Common request header names, shared as bytes by every request's scope. */
+    static const char hnames[] =
+        "host user-agent accept accept-encoding accept-language connection content-type "
+        "content-length cookie authorization cache-control origin referer x-forwarded-for "
+        "x-forwarded-proto x-forwarded-host x-real-ip x-request-id if-none-match "
+        "if-modified-since upgrade pragma te transfer-encoding sec-fetch-mode sec-fetch-site "
+        "sec-fetch-dest sec-fetch-user sec-ch-ua sec-ch-ua-mobile sec-ch-ua-platform "
+        "upgrade-insecure-requests dnt range expect content-encoding traceparent priority "
+        "grpc-timeout connect-protocol-version sec-websocket-key sec-websocket-version "
+        "sec-websocket-extensions sec-websocket-protocol";
+    for (const char *name = hnames; *name;) {
+        size_t len = strcspn(name, " ");
+        unsigned slot = ph_hname_slot(name, len);
         for (int probe = 0; probe < PH_HNAME_PROBES; probe++, slot = (slot + 1) % PH_HNAME_SLOTS) {
             if (st->hnames[slot] == NULL) {
-                st->hnames[slot] = PyBytes_FromStringAndSize(hnames[i], (Py_ssize_t)len);
+                st->hnames[slot] = PyBytes_FromStringAndSize(name, (Py_ssize_t)len);
                 if (st->hnames[slot] == NULL)
                     return -1;
                 break;
             }
         }
+        name += len + (name[len] == ' ');
     }
     st->empty_bytes = PyBytes_FromStringAndSize("", 0);
     if (!st->kw_loop_eager || !st->empty_bytes)
