@@ -293,15 +293,8 @@ def markdown(results, charts_rel=()):
         "",
         "## Targets",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
     ]
-    for t in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "no data"}[t["met"]]
-        text = t.get("text") or t["note"]
-        if t.get("text") and t["note"]:
-            text += f" ({t['note']})"
-        lines.append(f"| {t['target']} | {text} | {met} |")
+    lines += _targets_table(results)
     charts = {p.stem: p for p in charts_rel}
     for sc in results["scenarios"]:
         tool = sc["tool"]
@@ -325,6 +318,17 @@ def markdown(results, charts_rel=()):
         if sc["key"] in charts:
             lines += ["", f"![{sc['title']}]({charts[sc['key']].as_posix()})"]
     return "\n".join(lines) + "\n"
+
+
+def _targets_table(results):
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for t in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "no data"}[t["met"]]
+        text = t.get("text") or t["note"]
+        if t.get("text") and t["note"]:
+            text += f" ({t['note']})"
+        lines.append(f"| {t['target']} | {text} | {met} |")
+    return lines
 
 
 def _table(sc):
@@ -555,13 +559,8 @@ def readme_section(results, charts=(), history_chart=None, charts_dir="bench/res
         "",
         "Bold: the best application server in the row. —: no valid run (see latest.md for why).",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
     ]
-    for t in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "no data"}[t["met"]]
-        text = t.get("text") or t["note"]
-        lines.append(f"| {t['target']} | {text} | {met} |")
+    lines += _targets_table(results)
     if history_chart:
         lines += ["", f"![headline ratios across commits]({charts_dir}/{history_chart.name})"]
     made = {Path(c).stem for c in charts}
