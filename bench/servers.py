@@ -74,8 +74,8 @@ def _pkg_version(dist):
     return out.stdout.strip() or "not installed"
 
 
-def _pronghorn_version():
-    exe = PRONGHORN_EXE
+def _pronghorn_version(exe=None):
+    exe = Path(exe or PRONGHORN_EXE)
     if not exe.exists():
         return "not built"
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
@@ -109,12 +109,17 @@ def _nginx_version():
     return m.group(1) if m else "unknown"
 
 
-def pronghorn_argv(app, extra=()):
+# Another pronghorn build to measure beside this one (a before/after in one run):
+# BENCH_PRONGHORN_BEFORE=EXE adds the row "pronghorn-before", run when named in --servers.
+PRONGHORN_BEFORE_EXE = os.environ.get("BENCH_PRONGHORN_BEFORE")
+
+
+def pronghorn_argv(app, extra=(), exe=None):
     """pronghorn as installed, on its default loop (`--loop auto`)."""
 
     def argv(port, h2_port, workdir):
         return [
-            str(PRONGHORN_EXE),
+            str(exe or PRONGHORN_EXE),
             app,
             *extra,
             "--host", "127.0.0.1", "--port", str(port),
@@ -177,6 +182,13 @@ def all_servers():
             pronghorn_argv("asgi_app:app", ["--loop", "asyncio"]),
             features=set(both), lacks={"h2": "not yet"},
             version=_pronghorn_version, default=False,
+        ),
+        Server(
+            "pronghorn-before", "pronghorn (before)", "asgi",
+            pronghorn_argv("asgi_app:app", exe=PRONGHORN_BEFORE_EXE),
+            features=set(both), lacks={"h2": "not yet"},
+            version=lambda: _pronghorn_version(PRONGHORN_BEFORE_EXE) + " (another build)",
+            default=False,
         ),
         Server(
             "granian", "granian", "asgi",
