@@ -1370,6 +1370,40 @@ static int set_new(PyObject *d, PyObject *k, PyObject *v)
     return rv;
 }
 
+/* What every scope holds whatever the request, in the order a scope lists its keys (None
+ * where the request fills in a value). A request's scope is a copy of it, which CPython makes
+ * with one copy of the table, and its own values replace the Nones without growing it: cheaper
+ * than inserting the keys one by one. 0, or -1 with an exception set. */
+static int make_templates(ph_pyserver_t *srv)
+{
+    ph_state_t *st = srv->st;
+    PyObject *asgi = PyDict_New();
+    PyObject *scope = asgi ? PyDict_New() : NULL;
+    int rv = scope ? 0 : -1;
+    PyObject *const keys[] = {
+        st->k_type,   st->k_asgi,     st->k_http_version, st->k_method,    st->k_scheme,
+        st->k_path,   st->k_raw_path, st->k_query_string, st->k_root_path, st->k_headers,
+        st->k_client, st->k_server,   st->k_extensions};
+    for (size_t i = 0; rv == 0 && i < sizeof(keys) / sizeof(keys[0]); i++)
+        rv = PyDict_SetItem(scope, keys[i], Py_None);
+    if (rv == 0)
+        rv = PyDict_SetItem(scope, st->k_type, st->v_http);
+    if (rv == 0)
+        rv = PyDict_SetItem(scope, st->k_root_path, srv->root_path);
+    if (rv == 0)
+        rv = PyDict_SetItem(asgi, st->k_version, st->v_3_0);
+    if (rv == 0)
+        rv = PyDict_SetItem(asgi, st->k_spec_version, st->v_2_4);
+    if (rv < 0) {
+        Py_XDECREF(asgi);
+        Py_XDECREF(scope);
+        return -1;
+    }
+    srv->scope_template = scope;
+    srv->asgi_template = asgi;
+    return 0;
+}
+
 /* The request's scope, or NULL with an exception set (nothing leaks either way). */
 static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
 {
@@ -1379,8 +1413,9 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     PyObject *version = rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
     PyObject *client = method ? client_tuple(srv, s->peer) : NULL;
     PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);
-    PyObject *scope = client ? _PyDict_NewPresized(16) : NULL;
-    PyObject *asgi = scope ? PyDict_New() : NULL;
+    int ready = client && (srv->scope_template || make_templates(srv) == 0);
+    PyObject *scope = ready ? PyDict_Copy(srv->scope_template) : NULL;
+    PyObject *asgi = scope ? PyDict_Copy(srv->asgi_template) : NULL;
     int rv = asgi ? 0 : -1;
     if (rv == 0 && srv->proxy && client != Py_None)
         rv = apply_proxy(srv, rq, &client, &scheme);
@@ -1390,9 +1425,6 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
 #define SET_NEW(d, k, v)                                                                           \
     if (rv == 0)                                                                                   \
     rv = set_new((d), (k), (v))
-    SET(asgi, st->k_version, st->v_3_0);
-    SET(asgi, st->k_spec_version, st->v_2_4);
-    SET(scope, st->k_type, st->v_http);
     SET(scope, st->k_asgi, asgi);
     SET(scope, st->k_http_version, version);
     SET(scope, st->k_method, method);
@@ -1401,7 +1433,6 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
         rv = set_paths(srv, scope, rq);
     SET_NEW(scope, st->k_query_string,
             PyBytes_FromStringAndSize(rq->query.base, (Py_ssize_t)rq->query.len));
-    SET(scope, st->k_root_path, srv->root_path);
     SET_NEW(scope, st->k_headers, header_list(st, rq));
     SET(scope, st->k_client, client);
     SET_NEW(scope, st->k_server, server_tuple(srv, s->local));

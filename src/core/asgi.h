@@ -72,6 +72,7 @@ typedef struct {
     PyObject *timer_handle;
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
+    PyObject *scope_template, *asgi_template; /* what every scope starts as (asgi.c) */
     struct sockaddr_storage server_sockaddr;
     ph_peer_slot_t peers[PH_PEER_SLOTS];
     ph_req_t *reqs; /* requests whose app has not returned (for shutdown) */

@@ -213,6 +213,8 @@ static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->on_timer);
     Py_VISIT(srv->timer_handle);
     Py_VISIT(srv->server_addr);
+    Py_VISIT(srv->scope_template);
+    Py_VISIT(srv->asgi_template);
     for (int i = 0; i < PH_PEER_SLOTS; i++)
         Py_VISIT(srv->peers[i].tuple);
     /* The references open streams hold (through the reactor, which the GC cannot see): a
@@ -238,6 +240,8 @@ static int server_clear(ph_pyserver_t *srv)
     Py_CLEAR(srv->on_timer);
     Py_CLEAR(srv->timer_handle);
     Py_CLEAR(srv->server_addr);
+    Py_CLEAR(srv->scope_template);
+    Py_CLEAR(srv->asgi_template);
     for (int i = 0; i < PH_PEER_SLOTS; i++)
         Py_CLEAR(srv->peers[i].tuple);
     return 0;
