@@ -17,6 +17,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_timer(uv_timer_t *t);
 static void on_write_timer(uv_timer_t *t);
 static void finish(ph_conn_t *conn);
+static void uncork(ph_server_t *server);
 
 /* Reading is on while the connection is open and not paused, and while it closes (input is
  * then dropped), until the peer's FIN. */
@@ -129,7 +130,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     conn->rlen += (size_t)nread;
+    ph_server_t *server = conn->server;
+    int cork = server->corked == NULL &&
+               (server->cork != NULL || (server->cork = malloc(PH_CORK_SIZE)) != NULL);
+    if (cork)
+        server->corked = conn;
     conn->proto->on_read(conn);
+    if (cork && server->corked == conn)
+        uncork(server);
 }
 
 /* Reads what the socket holds right now, outside libuv's poll: a deadline that expired while
@@ -225,16 +233,10 @@ static void on_written(uv_write_t *req, int status)
         conn->proto->on_drain(conn);
 }
 
-int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
+static int write_now(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs, size_t total)
 {
-    if (conn->state != PH_CONN_OPEN)
-        return PH_ECLOSED;
-    size_t total = 0;
-    for (unsigned i = 0; i < nbufs; i++)
-        total += bufs[i].len;
-    if (total == 0)
-        return 0;
     size_t done = 0;
+    conn->nwrites++;
     if (conn->wqueued == 0) {
         int n = uv_try_write(&conn->h.stream, bufs, nbufs);
         if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS)
@@ -285,6 +287,55 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
     conn->wtotal += rest;
     ph_loop_touch(conn->server->loop);
     return 0;
+}
+
+/* What the corked connection gathered goes out now (in one write), and nothing is corked. A
+ * write that fails here fails after the protocol was told it worked: the peer is gone (or
+ * memory is), so the connection ends with a reset. */
+static void uncork(ph_server_t *server)
+{
+    ph_conn_t *conn = server->corked;
+    size_t len = server->cork_len;
+    server->corked = NULL;
+    server->cork_len = 0;
+    if (conn == NULL || len == 0 || conn->state != PH_CONN_OPEN)
+        return;
+    uv_buf_t b = {.base = server->cork, .len = len};
+    if (write_now(conn, &b, 1, len) < 0)
+        ph_conn_abort(conn);
+}
+
+int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (conn->state != PH_CONN_OPEN)
+        return PH_ECLOSED;
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    if (total == 0)
+        return 0;
+    ph_server_t *server = conn->server;
+    if (server->corked == conn) {
+        if (server->cork_len + total <= PH_CORK_SIZE) {
+            for (unsigned i = 0; i < nbufs; i++) {
+                memcpy(server->cork + server->cork_len, bufs[i].base, bufs[i].len);
+                server->cork_len += bufs[i].len;
+            }
+            return 0;
+        }
+        /* Too big to gather: what is gathered goes first, then this, and gathering goes on. */
+        if (server->cork_len > 0) {
+            uv_buf_t b = {.base = server->cork, .len = server->cork_len};
+            size_t len = server->cork_len;
+            server->cork_len = 0;
+            int rv = write_now(conn, &b, 1, len);
+            if (rv < 0) {
+                ph_conn_abort(conn); /* the gathered bytes were reported as written */
+                return PH_ECLOSED;
+            }
+        }
+    }
+    return write_now(conn, bufs, nbufs, total);
 }
 
 /* Every quarter of the write timeout: did libuv write anything of the queue since? A peer that
@@ -372,6 +423,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 void ph_conn_close(ph_conn_t *conn, int linger)
 {
+    if (conn->state == PH_CONN_OPEN && conn->server->corked == conn)
+        uncork(conn->server); /* what was gathered goes before the FIN */
     if (conn->state == PH_CONN_OPEN) {
         conn->state = PH_CONN_FLUSHING;
         conn->linger = linger != 0;
@@ -418,6 +471,10 @@ static void finish(ph_conn_t *conn)
         return;
     conn->state = PH_CONN_CLOSED;
     ph_server_t *server = conn->server;
+    if (server->corked == conn) { /* gone: what it gathered goes nowhere */
+        server->corked = NULL;
+        server->cork_len = 0;
+    }
     if (conn->prev)
         conn->prev->next = conn->next;
     else
@@ -438,6 +495,8 @@ void ph_conn_abort(ph_conn_t *conn)
 {
     if (conn->state == PH_CONN_CLOSED)
         return;
+    if (conn->state == PH_CONN_OPEN && conn->server->corked == conn)
+        uncork(conn->server); /* what was written goes out before the reset, as it would have */
     if (!conn->is_unix) {
         /* SO_LINGER 0: a reset instead of a FIN, also after the peer's own FIN, so the peer
          * cannot take a cut-off body (close-delimited above all) for a whole one. */

@@ -71,6 +71,7 @@ struct ph_conn_s {
     uint64_t wcheck_at;    /* loop time (ms) of the last progress check */
     uint64_t deadline;     /* loop time (ms) of the protocol's deadline; 0 = none */
     uint64_t armed;        /* when the timer is set to fire */
+    uint64_t nwrites;      /* writes handed to the socket (try_write or uv_write) */
     ph_conn_state_t state;
     unsigned reading : 1, paused : 1, eof : 1, linger : 1;
     int handles_open; /* while closed: handles whose close callback is still to come */

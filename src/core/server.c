@@ -108,4 +108,6 @@ void ph_server_free(ph_server_t *server)
     server->nlisteners = 0;
     ph_pool_clear(&server->rbufs);
     ph_pool_clear(&server->blocks);
+    free(server->cork);
+    server->cork = NULL;
 }

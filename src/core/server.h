@@ -18,6 +18,7 @@ typedef struct ph_listener_s ph_listener_t;
 
 #define PH_RBUF_SIZE 16384
 #define PH_BLOCK_SIZE 2048
+#define PH_CORK_SIZE 16384
 
 typedef struct {
     uint64_t timeout_keep_alive_ms;     /* idle between requests; 0 = none */
@@ -55,6 +56,12 @@ struct ph_server_s {
     int started;
     ph_pool_t rbufs;  /* connections' read buffers (PH_RBUF_SIZE), taken while there is input */
     ph_pool_t blocks; /* protocols' per-request buffers (PH_BLOCK_SIZE), taken while busy */
+    /* While a connection's input is handled, what it writes gathers here (PH_CORK_SIZE) and
+     * leaves in one write afterwards: pipelined requests answered at once share a syscall. One
+     * connection at a time (input is handled one connection at a time), so one buffer. */
+    char *cork;
+    size_t cork_len;
+    ph_conn_t *corked;
 };
 
 /* Prepares a server on loop with safe defaults in cfg; the caller sets the hooks and config. */

@@ -24,7 +24,10 @@ typedef struct {
     size_t nevents;
     size_t bytes_in;
     int closed, freed;
+    int on_input; /* what the stub protocol writes when input arrives (ON_INPUT_*) */
 } fixture_t;
+
+enum { ON_INPUT_NOTHING, ON_INPUT_SMALL, ON_INPUT_SMALL_BIG_SMALL, ON_INPUT_CLOSE, ON_INPUT_ABORT };
 
 static fixture_t *F;
 
@@ -34,11 +37,39 @@ static void event(char c)
         F->events[F->nevents++] = c;
 }
 
+static char big[1 << 20];
+
+static void put(ph_conn_t *c, const char *data, size_t len)
+{
+    uv_buf_t b = {.base = (char *)data, .len = len};
+    CHECK(ph_conn_write(c, &b, 1) == 0);
+}
+
 static void p_read(ph_conn_t *c)
 {
     event('r');
     F->bytes_in += c->rlen - c->rstart;
     ph_conn_consume(c, c->rlen - c->rstart);
+    switch (F->on_input) {
+    case ON_INPUT_SMALL: /* three answers to three pipelined requests */
+        put(c, "a", 1);
+        put(c, "bb", 2);
+        put(c, "ccc", 3);
+        break;
+    case ON_INPUT_SMALL_BIG_SMALL:
+        put(c, "x", 1);
+        put(c, big, PH_CORK_SIZE + 1000);
+        put(c, "y", 1);
+        break;
+    case ON_INPUT_CLOSE:
+        put(c, "bye", 3);
+        ph_conn_close(c, 0);
+        break;
+    case ON_INPUT_ABORT:
+        put(c, "lost", 4);
+        ph_conn_abort(c);
+        break;
+    }
 }
 static void p_eof(ph_conn_t *c, int err)
 {
@@ -250,8 +281,91 @@ static void test_linger_ends_at_the_peers_fin(void)
     teardown(&f);
 }
 
+/* Reads everything the client is sent until EOF or `want` bytes (within about a second). */
+static size_t client_collect(fixture_t *f, char *out, size_t want, int *eof)
+{
+    size_t got = 0;
+    *eof = 0;
+    double t0 = now_ms();
+    while (got < want && now_ms() - t0 < 1000) {
+        run_for(f, 2);
+        ssize_t n = read(f->client, out + got, want - got);
+        if (n == 0) {
+            *eof = 1;
+            break;
+        }
+        if (n > 0)
+            got += (size_t)n;
+    }
+    return got;
+}
+
+/* What the protocol writes while it handles one read leaves in one write, in order. */
+static void test_writes_during_input_leave_together(void)
+{
+    fixture_t f;
+    setup(&f, 0);
+    f.on_input = ON_INPUT_SMALL;
+    CHECK(write(f.client, "GET", 3) == 3);
+    char buf[16];
+    int eof;
+    CHECK(client_collect(&f, buf, 6, &eof) == 6);
+    CHECK(memcmp(buf, "abbccc", 6) == 0);
+    CHECK(f.conn->nwrites == 1);
+    /* outside input handling a write goes at once */
+    put(f.conn, "now", 3);
+    CHECK(f.conn->nwrites == 2);
+    CHECK(client_collect(&f, buf, 3, &eof) == 3 && memcmp(buf, "now", 3) == 0);
+    teardown(&f);
+}
+
+/* A write too big to gather goes after what was gathered and before what follows. */
+static void test_big_write_keeps_the_order(void)
+{
+    fixture_t f;
+    setup(&f, 0);
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (char)('A' + i % 26);
+    f.on_input = ON_INPUT_SMALL_BIG_SMALL;
+    CHECK(write(f.client, "GET", 3) == 3);
+    size_t want = PH_CORK_SIZE + 1002;
+    static char buf[PH_CORK_SIZE + 1002];
+    int eof;
+    CHECK(client_collect(&f, buf, want, &eof) == want);
+    CHECK(buf[0] == 'x' && buf[want - 1] == 'y');
+    CHECK(memcmp(buf + 1, big, PH_CORK_SIZE + 1000) == 0);
+    teardown(&f);
+}
+
+/* Closed or aborted while handling input: what it wrote goes out before the FIN or the reset
+ * (a reset is the signal that the response was cut; the bytes before it are what an uncorked
+ * write would have sent). */
+static void test_close_and_abort_during_input(void)
+{
+    fixture_t f;
+    setup(&f, 0);
+    f.on_input = ON_INPUT_CLOSE;
+    CHECK(write(f.client, "GET", 3) == 3);
+    char buf[16];
+    int eof;
+    CHECK(client_collect(&f, buf, sizeof(buf), &eof) == 3);
+    CHECK(eof && memcmp(buf, "bye", 3) == 0);
+    teardown(&f);
+
+    setup(&f, 0);
+    f.on_input = ON_INPUT_ABORT;
+    CHECK(write(f.client, "GET", 3) == 3);
+    CHECK(client_collect(&f, buf, sizeof(buf), &eof) == 4);
+    CHECK(eof && memcmp(buf, "lost", 4) == 0);
+    CHECK(f.server.corked == NULL && f.server.cork_len == 0);
+    teardown(&f);
+}
+
 int main(void)
 {
+    test_writes_during_input_leave_together();
+    test_big_write_keeps_the_order();
+    test_close_and_abort_during_input();
     test_close_flushes_for_a_slow_reader(0);
     test_close_flushes_for_a_slow_reader(1);
     test_write_deadline_is_about_progress();
