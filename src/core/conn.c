@@ -43,6 +43,7 @@ int ph_conn_start(ph_conn_t *conn)
     conn->rstart = conn->rlen = conn->rcap = 0;
     conn->wqueued = 0;
     conn->wtotal = conn->wseen = 0;
+    conn->nwrites = 0;
     conn->deadline = conn->armed = 0;
     conn->state = PH_CONN_OPEN;
     conn->reading = conn->paused = conn->eof = conn->linger = 0;
@@ -289,20 +290,32 @@ static int write_now(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs, size
     return 0;
 }
 
-/* What the corked connection gathered goes out now (in one write), and nothing is corked. A
- * write that fails here fails after the protocol was told it worked: the peer is gone (or
- * memory is), so the connection ends with a reset. */
+/* What conn gathered in the cork goes out now, in one write. A write that fails here fails
+ * after the protocol was told it worked: the peer is gone (or memory is), so the connection
+ * ends with a reset. 0, or PH_ECLOSED when it did. */
+static int flush_cork(ph_conn_t *conn)
+{
+    ph_server_t *server = conn->server;
+    size_t len = server->cork_len;
+    server->cork_len = 0;
+    if (len == 0 || conn->state != PH_CONN_OPEN)
+        return 0;
+    uv_buf_t b = {.base = server->cork, .len = len};
+    if (write_now(conn, &b, 1, len) < 0) {
+        ph_conn_abort(conn);
+        return PH_ECLOSED;
+    }
+    return 0;
+}
+
+/* The corked connection's gathered bytes go out, and nothing is corked any more. */
 static void uncork(ph_server_t *server)
 {
     ph_conn_t *conn = server->corked;
-    size_t len = server->cork_len;
     server->corked = NULL;
+    if (conn)
+        flush_cork(conn);
     server->cork_len = 0;
-    if (conn == NULL || len == 0 || conn->state != PH_CONN_OPEN)
-        return;
-    uv_buf_t b = {.base = server->cork, .len = len};
-    if (write_now(conn, &b, 1, len) < 0)
-        ph_conn_abort(conn);
 }
 
 int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
@@ -324,16 +337,8 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
             return 0;
         }
         /* Too big to gather: what is gathered goes first, then this, and gathering goes on. */
-        if (server->cork_len > 0) {
-            uv_buf_t b = {.base = server->cork, .len = server->cork_len};
-            size_t len = server->cork_len;
-            server->cork_len = 0;
-            int rv = write_now(conn, &b, 1, len);
-            if (rv < 0) {
-                ph_conn_abort(conn); /* the gathered bytes were reported as written */
-                return PH_ECLOSED;
-            }
-        }
+        if (flush_cork(conn) < 0)
+            return PH_ECLOSED;
     }
     return write_now(conn, bufs, nbufs, total);
 }

@@ -300,13 +300,19 @@ static size_t client_collect(fixture_t *f, char *out, size_t want, int *eof)
     return got;
 }
 
+/* A connection whose stub protocol answers input with `on_input`, and one read of input. */
+static void setup_input(fixture_t *f, int on_input)
+{
+    setup(f, 0);
+    f->on_input = on_input;
+    CHECK(write(f->client, "GET", 3) == 3);
+}
+
 /* What the protocol writes while it handles one read leaves in one write, in order. */
 static void test_writes_during_input_leave_together(void)
 {
     fixture_t f;
-    setup(&f, 0);
-    f.on_input = ON_INPUT_SMALL;
-    CHECK(write(f.client, "GET", 3) == 3);
+    setup_input(&f, ON_INPUT_SMALL);
     char buf[16];
     int eof;
     CHECK(client_collect(&f, buf, 6, &eof) == 6);
@@ -323,11 +329,9 @@ static void test_writes_during_input_leave_together(void)
 static void test_big_write_keeps_the_order(void)
 {
     fixture_t f;
-    setup(&f, 0);
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (char)('A' + i % 26);
-    f.on_input = ON_INPUT_SMALL_BIG_SMALL;
-    CHECK(write(f.client, "GET", 3) == 3);
+    setup_input(&f, ON_INPUT_SMALL_BIG_SMALL);
     size_t want = PH_CORK_SIZE + 1002;
     static char buf[PH_CORK_SIZE + 1002];
     int eof;
@@ -343,18 +347,14 @@ static void test_big_write_keeps_the_order(void)
 static void test_close_and_abort_during_input(void)
 {
     fixture_t f;
-    setup(&f, 0);
-    f.on_input = ON_INPUT_CLOSE;
-    CHECK(write(f.client, "GET", 3) == 3);
+    setup_input(&f, ON_INPUT_CLOSE);
     char buf[16];
     int eof;
     CHECK(client_collect(&f, buf, sizeof(buf), &eof) == 3);
     CHECK(eof && memcmp(buf, "bye", 3) == 0);
     teardown(&f);
 
-    setup(&f, 0);
-    f.on_input = ON_INPUT_ABORT;
-    CHECK(write(f.client, "GET", 3) == 3);
+    setup_input(&f, ON_INPUT_ABORT);
     CHECK(client_collect(&f, buf, sizeof(buf), &eof) == 4);
     CHECK(eof && memcmp(buf, "lost", 4) == 0);
     CHECK(f.server.corked == NULL && f.server.cork_len == 0);
