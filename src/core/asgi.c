@@ -15,7 +15,9 @@ struct ph_req_s {
     PyObject *task;
     PyObject *recv_futs; /* list of the futures receive() calls wait on, or NULL */
     PyObject *send_fut;
-    PyObject *body; /* list of bytes not yet received by the app, or NULL */
+    PyObject *body;         /* list of bytes not yet received by the app, or NULL */
+    PyObject *trailers;     /* response trailer pairs gathered while more_trailers, or NULL */
+    PyObject *req_trailers; /* the list in scope["extensions"] request trailers go to, or NULL */
     size_t body_buffered;
     ph_req_t *prev, *next;   /* in srv->reqs while the app runs */
     ph_req_t *hprev, *hnext; /* in srv->held while the stream holds a reference */
@@ -23,7 +25,7 @@ struct ph_req_s {
      * so bytes have left (before that an error can still be answered with a 500). */
     unsigned body_end : 1, body_final_sent : 1, disconnected : 1, started : 1, body_started : 1,
         done : 1, want_body_sent : 1, paused : 1, app_running : 1, linked : 1, peer_closed : 1,
-        held : 1;
+        held : 1, want_trailers : 1, body_complete : 1;
     int status;
     uint64_t bytes;
     double t0;
@@ -225,6 +227,8 @@ static int req_traverse(ph_req_t *r, visitproc visit, void *arg)
     Py_VISIT(r->recv_futs);
     Py_VISIT(r->send_fut);
     Py_VISIT(r->body);
+    Py_VISIT(r->trailers);
+    Py_VISIT(r->req_trailers);
     Py_VISIT(Py_TYPE(r));
     return 0;
 }
@@ -235,6 +239,8 @@ static int req_clear(ph_req_t *r)
     Py_CLEAR(r->recv_futs);
     Py_CLEAR(r->send_fut);
     Py_CLEAR(r->body);
+    Py_CLEAR(r->trailers);
+    Py_CLEAR(r->req_trailers);
     Py_CLEAR(r->log_client);
     Py_CLEAR(r->log_method);
     Py_CLEAR(r->log_path);
@@ -378,6 +384,75 @@ static PyObject *raise_for(ph_req_t *r, int rv, const char *what)
 
 #define MAX_STACK_HEADERS 32
 
+/* An app's headers (an iterable of [name, value] byte pairs, or None) as slices into its bytes
+ * objects, which seq keeps alive until header_array_free(). */
+typedef struct {
+    PyObject *seq;
+    ph_header_t stack[MAX_STACK_HEADERS], *arr;
+    size_t n;
+} header_array_t;
+
+static void header_array_free(header_array_t *ha)
+{
+    if (ha->arr != ha->stack)
+        PyMem_Free(ha->arr);
+    Py_CLEAR(ha->seq);
+}
+
+/* 0, or -1 with an exception set (and nothing to free). */
+static int header_array(header_array_t *ha, PyObject *hs)
+{
+    ha->seq = NULL;
+    ha->arr = ha->stack;
+    ha->n = 0;
+    if (hs == NULL || hs == Py_None)
+        return 0;
+    ha->seq = PySequence_Fast(hs, "headers must be an iterable of [name, value] pairs");
+    if (ha->seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ha->seq);
+    if (n > MAX_STACK_HEADERS) {
+        ha->arr = PyMem_Malloc(sizeof(ph_header_t) * (size_t)n);
+        if (ha->arr == NULL) {
+            ha->arr = ha->stack;
+            Py_CLEAR(ha->seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(ha->seq, i);
+        PyObject *name, *value;
+        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            name = PyTuple_GET_ITEM(pair, 0);
+            value = PyTuple_GET_ITEM(pair, 1);
+        } else if (PyList_Check(pair) && PyList_GET_SIZE(pair) == 2) {
+            name = PyList_GET_ITEM(pair, 0);
+            value = PyList_GET_ITEM(pair, 1);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "each header must be a [name, value] pair");
+            header_array_free(ha);
+            return -1;
+        }
+        if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "header names and values must be bytes");
+            header_array_free(ha);
+            return -1;
+        }
+        ha->arr[i].name = (ph_slice_t){PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)};
+        ha->arr[i].value = (ph_slice_t){PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value)};
+    }
+    ha->n = (size_t)n;
+    return 0;
+}
+
+static void response_complete(ph_req_t *r)
+{
+    r->done = 1;
+    access_log(r);
+    wake_receivers(r); /* a pending receive() now returns http.disconnect */
+}
+
 static PyObject *send_start(ph_req_t *r, PyObject *msg)
 {
     ph_state_t *st = r->srv->st;
@@ -406,51 +481,22 @@ static PyObject *send_start(ph_req_t *r, PyObject *msg)
         return NULL;
     }
     int status = (int)status_l;
+    PyObject *trailers = PyDict_GetItemWithError(msg, st->k_trailers);
+    int want_trailers = trailers ? PyObject_IsTrue(trailers) : 0;
+    if (want_trailers < 0 || (trailers == NULL && PyErr_Occurred()))
+        return NULL;
     PyObject *hs = PyDict_GetItemWithError(msg, st->k_headers);
     if (hs == NULL && PyErr_Occurred())
         return NULL;
-    PyObject *seq = NULL;
-    Py_ssize_t n = 0;
-    if (hs && hs != Py_None) {
-        seq = PySequence_Fast(hs, "headers must be an iterable of [name, value] pairs");
-        if (seq == NULL)
-            return NULL;
-        n = PySequence_Fast_GET_SIZE(seq);
-    }
-    ph_header_t stack[MAX_STACK_HEADERS], *arr = stack;
-    if (n > MAX_STACK_HEADERS) {
-        arr = PyMem_Malloc(sizeof(ph_header_t) * (size_t)n);
-        if (arr == NULL) {
-            Py_XDECREF(seq);
-            return PyErr_NoMemory();
-        }
-    }
+    header_array_t ha;
+    if (header_array(&ha, hs) < 0)
+        return NULL;
     PyObject *ret = NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *name, *value;
-        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
-            name = PyTuple_GET_ITEM(pair, 0);
-            value = PyTuple_GET_ITEM(pair, 1);
-        } else if (PyList_Check(pair) && PyList_GET_SIZE(pair) == 2) {
-            name = PyList_GET_ITEM(pair, 0);
-            value = PyList_GET_ITEM(pair, 1);
-        } else {
-            PyErr_SetString(PyExc_TypeError, "each header must be a [name, value] pair");
-            goto out;
-        }
-        if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
-            PyErr_SetString(PyExc_TypeError, "header names and values must be bytes");
-            goto out;
-        }
-        arr[i].name = (ph_slice_t){PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)};
-        arr[i].value = (ph_slice_t){PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value)};
-    }
     if (r->stream == NULL || r->disconnected) {
         raise_disconnected(r);
         goto out;
     }
-    int rv = r->stream->ops->start(r->stream, status, arr, (size_t)n);
+    int rv = r->stream->ops->start(r->stream, status, ha.arr, ha.n);
     if (rv == PH_EINVAL) {
         PyErr_Format(PyExc_ValueError,
                      "invalid response: status %d or a header name/value is not allowed", status);
@@ -461,11 +507,10 @@ static PyObject *send_start(ph_req_t *r, PyObject *msg)
     }
     r->started = 1;
     r->status = status;
+    r->want_trailers = want_trailers;
     ret = Py_NewRef(st->done);
 out:
-    if (arr != stack)
-        PyMem_Free(arr);
-    Py_XDECREF(seq);
+    header_array_free(&ha);
     return ret;
 }
 
@@ -476,7 +521,7 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
         PyErr_SetString(PyExc_RuntimeError, "http.response.body before http.response.start");
         return NULL;
     }
-    if (r->done) {
+    if (r->done || r->body_complete) {
         PyErr_SetString(PyExc_RuntimeError, "http.response.body after the response completed");
         return NULL;
     }
@@ -513,7 +558,8 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
         return raise_disconnected(r);
     }
     ph_stream_t *s = r->stream;
-    int rv = s->ops->body(s, data, len, more);
+    /* Trailers to come: the protocol hears of the body's end with them. */
+    int rv = s->ops->body(s, data, len, more || r->want_trailers);
     if (view.obj)
         PyBuffer_Release(&view);
     if (rv == PH_EINVAL) {
@@ -526,16 +572,73 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
         return raise_for(r, rv, "http.response.body");
     r->body_started = 1;
     r->bytes += len;
-    if (!more) {
-        r->done = 1;
-        access_log(r);
-        wake_receivers(r); /* a pending receive() now returns http.disconnect */
+    if (!more && r->want_trailers) {
+        r->body_complete = 1;
+    } else if (!more) {
+        response_complete(r);
         return Py_NewRef(st->done);
     }
     /* r->stream may have been released by now (the protocol is done with it). */
     if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
         return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
     ph_loop_touch(&r->srv->loop);
+    return Py_NewRef(st->done);
+}
+
+/* http.response.trailers (the ASGI extension): gathered while more_trailers, sent at the last. */
+static PyObject *send_trailers(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    if (!r->want_trailers) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "http.response.trailers without trailers=True in http.response.start");
+        return NULL;
+    }
+    if (r->done) {
+        PyErr_SetString(PyExc_RuntimeError, "http.response.trailers after the response completed");
+        return NULL;
+    }
+    if (!r->body_complete) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "http.response.trailers before the last http.response.body");
+        return NULL;
+    }
+    PyObject *hs = PyDict_GetItemWithError(msg, st->k_headers);
+    if (hs == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *more_o = PyDict_GetItemWithError(msg, st->k_more_trailers);
+    if (more_o == NULL && PyErr_Occurred())
+        return NULL;
+    int more = more_o ? PyObject_IsTrue(more_o) : 0;
+    if (more < 0)
+        return NULL;
+    if (hs && hs != Py_None) {
+        if (r->trailers == NULL && (r->trailers = PyList_New(0)) == NULL)
+            return NULL;
+        Py_ssize_t end = PyList_GET_SIZE(r->trailers);
+        if (PyList_SetSlice(r->trailers, end, end, hs) < 0)
+            return NULL;
+    }
+    if (more)
+        return Py_NewRef(st->done);
+    header_array_t ha;
+    if (header_array(&ha, r->trailers) < 0)
+        return NULL;
+    if (r->stream == NULL || r->disconnected) {
+        header_array_free(&ha);
+        return raise_disconnected(r);
+    }
+    int rv = r->stream->ops->trailers(r->stream, ha.arr, ha.n);
+    header_array_free(&ha);
+    Py_CLEAR(r->trailers);
+    if (rv == PH_EINVAL) {
+        PyErr_SetString(PyExc_ValueError, "invalid response trailers: a name or value is not "
+                                          "allowed, or the body is shorter than its length");
+        return NULL;
+    }
+    if (rv < 0)
+        return raise_for(r, rv, "http.response.trailers");
+    response_complete(r);
     return Py_NewRef(st->done);
 }
 
@@ -571,6 +674,8 @@ static PyObject *req_send(ph_req_t *r, PyObject *msg)
         return send_body(r, msg);
     if (str_eq(type, st->v_http_response_start))
         return send_start(r, msg);
+    if (str_eq(type, st->v_http_response_trailers))
+        return send_trailers(r, msg);
     PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for an http scope", type);
     return NULL;
 }
@@ -863,7 +968,13 @@ static void app_done(ph_req_t *r, PyObject *exc)
     int cancelled = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->cancelled_error);
     if (exc && !cancelled)
         log_exception(srv, "Exception in ASGI application", exc);
-    if (r->stream && !r->disconnected && !r->done) {
+    if (r->stream && !r->disconnected && !r->done && r->body_complete && !exc) {
+        /* The body is whole and the app sent no trailers after all: end with none. */
+        if (r->stream->ops->trailers(r->stream, NULL, 0) == 0)
+            response_complete(r);
+        else if (r->stream)
+            r->stream->ops->abort(r->stream);
+    } else if (r->stream && !r->disconnected && !r->done) {
         if (!r->body_started) {
             /* Nothing has left yet: the client gets a 500, not a bare reset. */
             if (!exc)
@@ -1175,6 +1286,23 @@ static void on_body(ph_stream_t *s, const char *data, size_t len)
     wake_receivers(r);
 }
 
+static void on_trailers(ph_stream_t *s, const ph_header_t *hs, size_t n)
+{
+    ph_req_t *r = s->user;
+    if (r->req_trailers == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *pair = Py_BuildValue("(y#y#)", hs[i].name.base, (Py_ssize_t)hs[i].name.len,
+                                       hs[i].value.base, (Py_ssize_t)hs[i].value.len);
+        if (pair == NULL || PyList_Append(r->req_trailers, pair) < 0) {
+            Py_XDECREF(pair);
+            PyErr_WriteUnraisable(NULL);
+            return;
+        }
+        Py_DECREF(pair);
+    }
+}
+
 static void on_body_end(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
@@ -1228,6 +1356,7 @@ static void on_release(ph_stream_t *s)
 
 static const ph_stream_handler_t asgi_handler = {
     .on_body = on_body,
+    .on_trailers = on_trailers,
     .on_body_end = on_body_end,
     .on_drain = on_drain,
     .on_disconnect = on_disconnect,
@@ -1394,6 +1523,13 @@ static int make_templates(ph_pyserver_t *srv)
         rv = PyDict_SetItem(asgi, st->k_version, st->v_3_0);
     if (rv == 0)
         rv = PyDict_SetItem(asgi, st->k_spec_version, st->v_2_4);
+    /* Extensions the server supports, each with its (empty) options dict. */
+    PyObject *ext = rv == 0 ? PyDict_New() : NULL;
+    PyObject *opts = ext ? PyDict_New() : NULL;
+    rv = opts ? PyDict_SetItem(ext, st->k_ext_response_trailers, opts) : -1;
+    Py_XDECREF(opts);
+    if (rv < 0)
+        Py_CLEAR(ext);
     if (rv < 0) {
         Py_XDECREF(asgi);
         Py_XDECREF(scope);
@@ -1401,6 +1537,7 @@ static int make_templates(ph_pyserver_t *srv)
     }
     srv->scope_template = scope;
     srv->asgi_template = asgi;
+    srv->ext_template = ext;
     return 0;
 }
 
@@ -1410,7 +1547,7 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     ph_state_t *st = srv->st;
     const ph_request_t *rq = &s->req;
     PyObject *method = method_str(st, rq->method);
-    PyObject *version = rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
+    PyObject *version = rq->http_major == 2 ? st->v_2 : rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
     PyObject *client = method ? client_tuple(srv, s->peer) : NULL;
     PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);
     int ready = client && (srv->scope_template || make_templates(srv) == 0);
@@ -1436,7 +1573,15 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     SET_NEW(scope, st->k_headers, header_list(st, rq));
     SET(scope, st->k_client, client);
     SET_NEW(scope, st->k_server, server_tuple(srv, s->local));
-    SET_NEW(scope, st->k_extensions, PyDict_New());
+    PyObject *ext = rv == 0 ? PyDict_Copy(srv->ext_template) : NULL;
+    if (ext && !r->body_end) {
+        /* Request trailers (chunked HTTP/1.1, HTTP/2) land here before the last body message. */
+        r->req_trailers = PyList_New(0);
+        if (r->req_trailers == NULL ||
+            PyDict_SetItem(ext, st->k_ext_request_trailers, r->req_trailers) < 0)
+            Py_CLEAR(ext);
+    }
+    SET_NEW(scope, st->k_extensions, ext);
     if (srv->state)
         SET_NEW(scope, st->k_state, PyDict_Copy(srv->state));
 #undef SET

@@ -43,10 +43,12 @@ typedef struct {
     /* keys */
     PyObject *k_type, *k_asgi, *k_version, *k_spec_version, *k_http_version, *k_method, *k_scheme,
         *k_path, *k_raw_path, *k_query_string, *k_root_path, *k_headers, *k_client, *k_server,
-        *k_state, *k_extensions, *k_body, *k_more_body, *k_status;
+        *k_state, *k_extensions, *k_body, *k_more_body, *k_status, *k_trailers, *k_more_trailers,
+        *k_ext_response_trailers, *k_ext_request_trailers;
     /* values */
-    PyObject *v_http, *v_https, *v_3_0, *v_2_4, *v_1_0, *v_1_1, *v_http_request, *v_http_disconnect,
-        *v_http_response_start, *v_http_response_body;
+    PyObject *v_http, *v_https, *v_3_0, *v_2_4, *v_1_0, *v_1_1, *v_2, *v_http_request,
+        *v_http_disconnect, *v_http_response_start, *v_http_response_body,
+        *v_http_response_trailers;
     /* methods and attributes */
     PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
         *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_await;
@@ -73,6 +75,7 @@ typedef struct {
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
     PyObject *scope_template, *asgi_template; /* what every scope starts as (asgi.c) */
+    PyObject *ext_template;                   /* and its "extensions" */
     struct sockaddr_storage server_sockaddr;
     ph_peer_slot_t peers[PH_PEER_SLOTS];
     ph_req_t *reqs; /* requests whose app has not returned (for shutdown) */

@@ -5,6 +5,8 @@
 
 #include <llhttp.h>
 
+#include "h2.h"
+
 /* Unconsumed pipelined input beyond this pauses reading until the current exchange is done. */
 #define PIPELINE_BUFFER_MAX 65536
 
@@ -14,6 +16,10 @@
 
 /* Header slots in the first pooled arrays (their bytes must fit PH_BLOCK_SIZE). */
 #define HEADERS_FIRST 32
+
+/* An `Upgrade: h2c` request with a longer body (or a chunked one) is served as HTTP/1.1: the
+ * body would have to be held whole until the switch (RFC 9113 §3.2 lets a server ignore it). */
+#define UPGRADE_BODY_MAX 65536
 
 enum { EV_NONE, EV_HEADERS, EV_MESSAGE, EV_CHUNK };
 enum { RESP_NONE, RESP_STARTED, RESP_BODY, RESP_DONE };
@@ -49,6 +55,22 @@ typedef struct {
     int event;
     int err_status; /* set by a callback that fails the request */
     const char *err_text;
+
+    /* Request trailer fields (chunked bodies), kept like the head until the message ends. */
+    char *tarena;
+    size_t tarena_len, tarena_cap;
+    hdr_pos_t *tpos;
+    size_t ntr, tpos_bytes;
+
+    /* h2c: fresh: no byte read yet (the HTTP/2 preface may come); upgrade: this request asked
+     * for `Upgrade: h2c` and gets it once its body is in (up_body); switching: do it now. */
+    unsigned fresh : 1, up_h2c : 1, up_conn : 1, upgrade : 1, switching : 1;
+    int up_settings; /* HTTP2-Settings fields seen */
+    ph_slice_t up_settings_value;
+    uint8_t *h2_settings;
+    size_t h2_settings_len;
+    char *up_body;
+    size_t up_len, up_cap;
 
     /* Request state. head_timer: the header deadline runs (from the first byte of a request
      * on, never extended). eof_pending: the peer sent its FIN; what it asked for is answered,
@@ -118,6 +140,8 @@ static void release_buffers(h1_t *h)
     release(h, (void **)&h->obuf, &h->ocap);
     release(h, (void **)&h->pos, &h->pos_bytes);
     release(h, (void **)&h->headers, &h->headers_bytes);
+    release(h, (void **)&h->tarena, &h->tarena_cap);
+    release(h, (void **)&h->tpos, &h->tpos_bytes);
     h->headers_cap = 0;
 }
 
@@ -188,6 +212,10 @@ static int cb_message_begin(llhttp_t *p)
     h->value_done = 1;
     h->body_received = 0;
     h->err_status = 0;
+    h->ntr = 0;
+    h->tarena_len = 0;
+    h->up_h2c = h->up_conn = 0;
+    h->up_settings = 0;
     start_head_timer(h);
     return 0;
 }
@@ -220,6 +248,48 @@ static int cb_url(llhttp_t *p, const char *at, size_t len)
     return arena_add(h, at, len, 0) < 0 ? user_error(h, 500, "Out of memory") : 0;
 }
 
+/* Trailer fields of a chunked request: kept (names lower-cased) for the bridge, under the same
+ * count and size limits as the head. */
+static int trailer_name(h1_t *h, const char *at, size_t len)
+{
+    if (h->last_was_value) {
+        if (h->ntr >= h->server->cfg.limit_request_headers)
+            return user_error(h, 431, "Too many request trailer fields");
+        if ((h->ntr + 1) * sizeof(hdr_pos_t) > h->tpos_bytes &&
+            reserve(h, (char **)&h->tpos, &h->tpos_bytes, h->ntr * sizeof(hdr_pos_t),
+                    sizeof(hdr_pos_t)) < 0)
+            return user_error(h, 500, "Out of memory");
+        hdr_pos_t *tp = &h->tpos[h->ntr++];
+        tp->name_off = h->tarena_len;
+        tp->name_len = tp->value_off = tp->value_len = 0;
+        h->last_was_value = 0;
+    }
+    if (reserve(h, &h->tarena, &h->tarena_cap, h->tarena_len, len) < 0)
+        return user_error(h, 500, "Out of memory");
+    for (size_t i = 0; i < len; i++) {
+        char c = at[i];
+        h->tarena[h->tarena_len + i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
+    }
+    h->tarena_len += len;
+    h->tpos[h->ntr - 1].name_len += len;
+    return 0;
+}
+
+static int trailer_value(h1_t *h, const char *at, size_t len)
+{
+    hdr_pos_t *tp = &h->tpos[h->ntr - 1];
+    if (!h->last_was_value) {
+        tp->value_off = h->tarena_len;
+        h->last_was_value = 1;
+    }
+    if (reserve(h, &h->tarena, &h->tarena_cap, h->tarena_len, len) < 0)
+        return user_error(h, 500, "Out of memory");
+    memcpy(h->tarena + h->tarena_len, at, len);
+    h->tarena_len += len;
+    tp->value_len += len;
+    return 0;
+}
+
 static int cb_header_field(llhttp_t *p, const char *at, size_t len)
 {
     h1_t *h = p->data;
@@ -233,10 +303,8 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len)
     if (!ph_is_token(at, len))
         return user_error(h, 400, "Invalid character in header name");
     h->value_done = 0;
-    if (h->headers_done) {
-        h->last_was_value = 0;
-        return 0; /* trailer fields: bounded, then dropped */
-    }
+    if (h->headers_done)
+        return trailer_name(h, at, len);
     if (h->last_was_value) {
         if (h->nheaders >= cfg->limit_request_headers)
             return user_error(h, 431, "Too many request header fields");
@@ -273,10 +341,8 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
         return user_error(h, 400, "Invalid character in header value");
     if (h->value_done) /* llhttp passes ": value" with no name callback at all */
         return user_error(h, 400, "Header field without a name");
-    if (h->headers_done) {
-        h->last_was_value = 1;
-        return 0;
-    }
+    if (h->headers_done)
+        return trailer_value(h, at, len);
     hdr_pos_t *hp = &h->pos[h->nheaders - 1];
     if (!h->last_was_value) {
         hp->value_off = h->arena_len;
@@ -290,7 +356,13 @@ static int cb_header_value_complete(llhttp_t *p)
 {
     h1_t *h = p->data;
     h->value_done = 1;
-    if (h->headers_done || h->nheaders == 0) {
+    if (h->headers_done) {
+        if (!h->last_was_value && h->ntr) /* an empty value: no value callback came */
+            h->tpos[h->ntr - 1].value_off = h->tarena_len;
+        h->last_was_value = 1;
+        return 0;
+    }
+    if (h->nheaders == 0) {
         h->last_was_value = 1;
         return 0;
     }
@@ -365,6 +437,19 @@ static int cb_headers_complete(llhttp_t *p)
         h->headers[i].value = (ph_slice_t){v, vl};
         ph_slice_t n = h->headers[i].name;
         switch (n.len) {
+        case 2:
+            if (memcmp(n.base, "te", 2) == 0 && ph_has_token(v, vl, "trailers", 8))
+                r->te_trailers = 1;
+            break;
+        case 7:
+            if (memcmp(n.base, "upgrade", 7) == 0 && ph_has_token(v, vl, "h2c", 3))
+                h->up_h2c = 1;
+            break;
+        case 10:
+            if (memcmp(n.base, "connection", 10) == 0 && ph_has_token(v, vl, "upgrade", 7) &&
+                ph_has_token(v, vl, "http2-settings", 14))
+                h->up_conn = 1;
+            break;
         case 4:
             if (memcmp(n.base, "host", 4) == 0)
                 hosts++;
@@ -379,6 +464,9 @@ static int cb_headers_complete(llhttp_t *p)
                 r->content_length = ph_parse_decimal(v, vl);
                 if (r->content_length < 0)
                     return user_error(h, 400, "Invalid Content-Length");
+            } else if (memcmp(n.base, "http2-settings", 14) == 0) {
+                h->up_settings++;
+                h->up_settings_value = (ph_slice_t){v, vl};
             }
             break;
         case 17:
@@ -444,6 +532,21 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
         return user_error(h, 413, "Unread request body too large to drain");
     if (!h->conn->paused)
         arm_body_timer(h);
+    if (h->upgrade) {
+        if (h->up_len + len > h->up_cap) {
+            size_t ncap = h->up_cap ? h->up_cap * 2 : 4096;
+            while (ncap < h->up_len + len)
+                ncap *= 2;
+            char *nb = realloc(h->up_body, ncap);
+            if (nb == NULL)
+                return user_error(h, 500, "Out of memory");
+            h->up_body = nb;
+            h->up_cap = ncap;
+        }
+        memcpy(h->up_body + h->up_len, at, len);
+        h->up_len += len;
+        return 0;
+    }
     if (h->stream_open && h->stream.handler)
         h->stream.handler->on_body(&h->stream, at, len);
     return 0;
@@ -557,6 +660,36 @@ static int body_expected(const ph_request_t *r)
     return r->content_length > 0 || r->chunked;
 }
 
+/* RFC 7540 §3.2 (kept by curl and nghttp though RFC 9113 dropped it): `Upgrade: h2c` with one
+ * valid HTTP2-Settings named in Connection. Anything less is served as plain HTTP/1.1. */
+static int want_h2c(h1_t *h)
+{
+    const ph_request_t *r = &h->stream.req;
+    if (!h->up_h2c || !h->up_conn || h->up_settings != 1 || h->server->cfg.http != PH_HTTP_AUTO ||
+        r->http_minor != 1 || h->draining || r->chunked || r->expect_continue ||
+        r->content_length > UPGRADE_BODY_MAX)
+        return 0;
+    ph_slice_t v = h->up_settings_value;
+    uint8_t *buf = malloc(v.len * 3 / 4 + 3);
+    ptrdiff_t n = buf ? ph_base64url_decode(v.base, v.len, buf) : -1;
+    for (ptrdiff_t i = 0; n > 0 && i + 6 <= n; i += 6) {
+        unsigned id = (unsigned)buf[i] << 8 | buf[i + 1];
+        uint32_t val = (uint32_t)buf[i + 2] << 24 | (uint32_t)buf[i + 3] << 16 |
+                       (uint32_t)buf[i + 4] << 8 | buf[i + 5];
+        if ((id == 2 && val > 1) || (id == 4 && val > 0x7fffffff) ||
+            (id == 5 && (val < 16384 || val > 16777215)))
+            n = -1;
+    }
+    if (n < 0 || n % 6 != 0) {
+        free(buf);
+        return 0;
+    }
+    free(h->h2_settings);
+    h->h2_settings = buf;
+    h->h2_settings_len = (size_t)n;
+    return 1;
+}
+
 static void on_headers(h1_t *h)
 {
     ph_request_t *r = &h->stream.req;
@@ -583,6 +716,10 @@ static void on_headers(h1_t *h)
      * 100 goes out (op_want_body). */
     if (body_expected(r) && !(r->expect_continue && r->http_minor >= 1))
         arm_body_timer(h);
+    if (want_h2c(h)) {
+        h->upgrade = 1; /* to HTTP/2 once the body is in: it goes to the app as stream 1 */
+        return;
+    }
     h->stream.ops = &h1_ops;
     h->stream.handler = NULL;
     h->stream.user = NULL;
@@ -597,9 +734,25 @@ static void on_headers(h1_t *h)
 static void on_message(h1_t *h)
 {
     h->msg_complete = 1;
+    if (h->upgrade) {
+        h->switching = 1; /* process() hands the connection over, then returns */
+        return;
+    }
     if (h->stream_open) {
         ph_conn_set_timeout(h->conn, 0); /* the app has the whole request: no deadline of ours */
-        if (h->stream.handler)
+        if (h->ntr && h->stream.handler && h->stream.handler->on_trailers) {
+            ph_header_t tr[h->ntr];
+            for (size_t i = 0; i < h->ntr; i++) {
+                hdr_pos_t *tp = &h->tpos[i];
+                const char *v = h->tarena + tp->value_off;
+                size_t vl = tp->value_len;
+                while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+                    vl--;
+                tr[i] = (ph_header_t){{h->tarena + tp->name_off, tp->name_len}, {v, vl}};
+            }
+            h->stream.handler->on_trailers(&h->stream, tr, h->ntr);
+        }
+        if (h->stream_open && h->stream.handler)
             h->stream.handler->on_body_end(&h->stream);
     }
     if (h->resp_state == RESP_DONE)
@@ -661,6 +814,45 @@ static int version_status(h1_t *h, const char *pos)
     return 400;
 }
 
+/* HTTP/2 has the connection now: the HTTP/1.1 side goes. */
+static void h1_free(h1_t *h)
+{
+    ph_loop_cancel(h->server->loop, &h->resume);
+    release_buffers(h);
+    free(h->up_body);
+    free(h->h2_settings);
+    free(h);
+}
+
+static void upgrade_now(h1_t *h)
+{
+    ph_conn_t *c = h->conn;
+    static const char resp[] =
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n";
+    uv_buf_t b = buf_of(resp, sizeof(resp) - 1);
+    ph_h2_upgrade_t up = {&h->stream.req, h->h2_settings, h->h2_settings_len, h->up_body,
+                          h->up_len};
+    h->head_timer = 0;
+    ph_conn_set_timeout(c, 0);
+    if (ph_conn_write(c, &b, 1) < 0 || ph_h2_attach_upgrade(c, &up) < 0) {
+        h->processing = 0;
+        abort_conn(h); /* the 101 may be out: only a reset is safe */
+        return;
+    }
+    h1_free(h);
+}
+
+static void prior_knowledge(h1_t *h)
+{
+    ph_conn_t *c = h->conn;
+    h->head_timer = 0;
+    if (ph_h2_attach(c) < 0) {
+        close_conn(h, 0);
+        return;
+    }
+    h1_free(h);
+}
+
 static void process(h1_t *h)
 {
     if (h->processing || h->closed)
@@ -711,9 +903,13 @@ static void process(h1_t *h)
             resumed = 1;
             if (h->event == EV_HEADERS)
                 on_headers(h);
-            else if (h->event == EV_MESSAGE)
+            else if (h->event == EV_MESSAGE) {
                 on_message(h);
-            else if (h->event == EV_CHUNK && (before[0] != '\r' || before[1] != '\n'))
+                if (h->switching) {
+                    upgrade_now(h); /* h is gone */
+                    return;
+                }
+            } else if (h->event == EV_CHUNK && (before[0] != '\r' || before[1] != '\n'))
                 fail(h, 400, "Chunk data not followed by CRLF");
             continue;
         }
@@ -1036,6 +1232,69 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
     return 0;
 }
 
+/* Fields that must not travel as trailers (RFC 9110 §6.5.1): framing, routing, hop-by-hop. */
+static int trailer_forbidden(ph_slice_t nm)
+{
+    return ph_eq_lower(nm.base, nm.len, "content-length", 14) ||
+           ph_eq_lower(nm.base, nm.len, "transfer-encoding", 17) ||
+           ph_eq_lower(nm.base, nm.len, "host", 4) ||
+           ph_eq_lower(nm.base, nm.len, "connection", 10) ||
+           ph_eq_lower(nm.base, nm.len, "trailer", 7) || ph_eq_lower(nm.base, nm.len, "te", 2);
+}
+
+static int op_trailers(ph_stream_t *s, const ph_header_t *hs, size_t n)
+{
+    h1_t *h = STREAM_H1(s);
+    if (h->closed || !h->stream_open)
+        return PH_ECLOSED;
+    if (h->resp_state != RESP_STARTED && h->resp_state != RESP_BODY)
+        return PH_ESTATE;
+    for (size_t i = 0; i < n; i++) {
+        if (!ph_is_token(hs[i].name.base, hs[i].name.len) ||
+            !ph_is_field_value(hs[i].value.base, hs[i].value.len))
+            return PH_EINVAL;
+    }
+    if (h->resp_cl >= 0 && !h->resp_no_body && h->resp_sent != (uint64_t)h->resp_cl)
+        return PH_EINVAL;
+    if (h->resp_state == RESP_STARTED) {
+        int rv = op_body(s, "", 0, 1); /* the head first */
+        if (rv < 0)
+            return rv;
+        if (h->closed || !h->stream_open)
+            return PH_ECLOSED;
+    }
+    if (h->resp_chunked) {
+        /* The last chunk, then the trailer section: only to a client that said it takes one. */
+        size_t olen = h->olen;
+        h->olen = 0;
+        int rv = OUT_LIT(h, "0\r\n");
+        for (size_t i = 0; s->req.te_trailers && i < n; i++) {
+            if (trailer_forbidden(hs[i].name))
+                continue;
+            rv |= out_add(h, hs[i].name.base, hs[i].name.len);
+            rv |= OUT_LIT(h, ": ");
+            rv |= out_add(h, hs[i].value.base, hs[i].value.len);
+            rv |= OUT_LIT(h, "\r\n");
+        }
+        rv |= OUT_LIT(h, "\r\n");
+        if (rv) {
+            h->olen = olen;
+            return PH_ENOMEM;
+        }
+        uv_buf_t b = buf_of(h->obuf, h->olen);
+        h->olen = 0;
+        rv = ph_conn_write(h->conn, &b, 1);
+        if (rv == PH_ENOMEM)
+            return rv;
+        if (rv < 0) {
+            abort_conn(h);
+            return PH_ECLOSED;
+        }
+    }
+    response_done(h);
+    return 0;
+}
+
 static void op_want_body(ph_stream_t *s)
 {
     h1_t *h = STREAM_H1(s);
@@ -1076,6 +1335,7 @@ static size_t op_queued(ph_stream_t *s)
 static const ph_stream_ops_t h1_ops = {
     .start = op_start,
     .body = op_body,
+    .trailers = op_trailers,
     .want_body = op_want_body,
     .pause_body = op_pause_body,
     .abort = op_abort,
@@ -1087,6 +1347,19 @@ static const ph_stream_ops_t h1_ops = {
 static void on_read(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
+    if (h->fresh) {
+        /* h2c with prior knowledge starts with the HTTP/2 preface instead of a request. */
+        int m = ph_h2_match_preface(conn->rbuf + conn->rstart, conn->rlen - conn->rstart);
+        if (m == 0) {
+            start_head_timer(h);
+            return; /* a prefix of it so far */
+        }
+        h->fresh = 0;
+        if (m == 1) {
+            prior_knowledge(h);
+            return;
+        }
+    }
     if (!h->in_message && !h->stream_open)
         start_head_timer(h); /* bytes of the next request (maybe only empty lines) */
     process(h);
@@ -1157,9 +1430,7 @@ static void on_close(ph_conn_t *conn)
 
 static void on_free(ph_conn_t *conn)
 {
-    h1_t *h = conn->proto_data;
-    release_buffers(h);
-    free(h);
+    h1_free(conn->proto_data);
 }
 
 static void drain(ph_conn_t *conn)
@@ -1218,6 +1489,7 @@ int ph_h1_attach(ph_conn_t *conn)
     h->resume.cb = on_resume;
     llhttp_init(&h->parser, HTTP_REQUEST, &settings);
     h->parser.data = h;
+    h->fresh = conn->server->cfg.http == PH_HTTP_AUTO;
     conn->proto = &h1_proto;
     conn->proto_data = h;
     /* A new connection owes its first request head within the header timeout. */

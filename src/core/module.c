@@ -1,6 +1,7 @@
 /* pronghorn._core: the Server type that runs the libuv reactor on an asyncio loop's thread. */
 #include "asgi.h"
 #include "h1.h"
+#include "h2.h"
 
 #include <string.h>
 
@@ -102,8 +103,8 @@ static PyObject *opt_obj(PyObject *opts, const char *key)
 
 static int on_conn(ph_server_t *server, ph_conn_t *conn)
 {
-    (void)server;
-    return ph_h1_attach(conn);
+    /* auto: HTTP/1.1, which hands over to HTTP/2 on the preface or an h2c upgrade */
+    return server->cfg.http == PH_HTTP_2 ? ph_h2_attach(conn) : ph_h1_attach(conn);
 }
 
 static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -137,7 +138,7 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
     ph_config_t *cfg = &srv->server.cfg;
     double ka, hdr, bd, wr;
-    size_t line, nhdr, hdrsize, body, conc, maxconn, hw;
+    size_t line, nhdr, hdrsize, body, conc, maxconn, hw, http, h2s, h2w, h2h, h2f;
     int sh, dh;
     if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
         opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
@@ -149,8 +150,18 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         opt_size(opts, "limit_request_body", 0, &body) < 0 ||
         opt_size(opts, "limit_concurrency", 0, &conc) < 0 ||
         opt_size(opts, "limit_max_connections", 0, &maxconn) < 0 ||
-        opt_size(opts, "write_high_water", 65536, &hw) < 0)
+        opt_size(opts, "write_high_water", 65536, &hw) < 0 ||
+        opt_size(opts, "http", PH_HTTP_AUTO, &http) < 0 ||
+        opt_size(opts, "h2_max_concurrent_streams", 100, &h2s) < 0 ||
+        opt_size(opts, "h2_initial_window_size", 262144, &h2w) < 0 ||
+        opt_size(opts, "h2_max_header_list_size", 0, &h2h) < 0 ||
+        opt_size(opts, "h2_max_frame_size", 16384, &h2f) < 0)
         goto fail;
+    if (http > PH_HTTP_2 || h2s > UINT32_MAX || h2w > 0x7fffffff || h2h > UINT32_MAX ||
+        h2f < 16384 || h2f > 16777215) {
+        PyErr_SetString(PyExc_ValueError, "an HTTP/2 option is out of range");
+        goto fail;
+    }
     PyObject *v = PyDict_GetItemString(opts, "server_header");
     sh = v ? PyObject_IsTrue(v) : 1;
     v = PyDict_GetItemString(opts, "date_header");
@@ -170,6 +181,11 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     cfg->server_header = sh;
     cfg->date_header = dh;
     cfg->write_high_water = hw;
+    cfg->http = (int)http;
+    cfg->h2_max_concurrent_streams = (uint32_t)h2s;
+    cfg->h2_initial_window_size = (uint32_t)h2w;
+    cfg->h2_max_header_list_size = (uint32_t)h2h;
+    cfg->h2_max_frame_size = (uint32_t)h2f;
     srv->extra_headers = opt_obj(opts, "extra_headers");
     if (srv->extra_headers) {
         if (!PyBytes_Check(srv->extra_headers)) {
@@ -215,6 +231,7 @@ static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->server_addr);
     Py_VISIT(srv->scope_template);
     Py_VISIT(srv->asgi_template);
+    Py_VISIT(srv->ext_template);
     for (int i = 0; i < PH_PEER_SLOTS; i++)
         Py_VISIT(srv->peers[i].tuple);
     /* The references open streams hold (through the reactor, which the GC cannot see): a
@@ -242,6 +259,7 @@ static int server_clear(ph_pyserver_t *srv)
     Py_CLEAR(srv->server_addr);
     Py_CLEAR(srv->scope_template);
     Py_CLEAR(srv->asgi_template);
+    Py_CLEAR(srv->ext_template);
     for (int i = 0; i < PH_PEER_SLOTS; i++)
         Py_CLEAR(srv->peers[i].tuple);
     return 0;
@@ -467,16 +485,22 @@ static int module_exec(PyObject *m)
     INTERN(k_body, "body");
     INTERN(k_more_body, "more_body");
     INTERN(k_status, "status");
+    INTERN(k_trailers, "trailers");
+    INTERN(k_more_trailers, "more_trailers");
+    INTERN(k_ext_response_trailers, "http.response.trailers");
+    INTERN(k_ext_request_trailers, "pronghorn.request_trailers");
     INTERN(v_http, "http");
     INTERN(v_https, "https");
     INTERN(v_3_0, "3.0");
     INTERN(v_2_4, "2.4");
     INTERN(v_1_0, "1.0");
     INTERN(v_1_1, "1.1");
+    INTERN(v_2, "2");
     INTERN(v_http_request, "http.request");
     INTERN(v_http_disconnect, "http.disconnect");
     INTERN(v_http_response_start, "http.response.start");
     INTERN(v_http_response_body, "http.response.body");
+    INTERN(v_http_response_trailers, "http.response.trailers");
     INTERN(s_create_future, "create_future");
     INTERN(s_set_result, "set_result");
     INTERN(s_done, "done");

@@ -23,6 +23,11 @@ void ph_server_init(ph_server_t *server, ph_loop_t *loop)
     c->server_header = 1;
     c->date_header = 1;
     c->write_high_water = 65536;
+    c->http = PH_HTTP_AUTO;
+    c->h2_max_concurrent_streams = 100;
+    c->h2_initial_window_size = 262144;
+    c->h2_max_header_list_size = 0;
+    c->h2_max_frame_size = 16384;
 }
 
 int ph_server_add_listener(ph_server_t *server, int fd, int is_unix, int backlog)

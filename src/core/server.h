@@ -36,7 +36,14 @@ typedef struct {
     int date_header;                    /* add "date: ..." */
     ph_slice_t extra_headers; /* pre-serialised "name: value\r\n" lines, added to every response */
     size_t write_high_water;  /* a stream waits for drain above this many queued bytes */
+    int http; /* PH_HTTP_AUTO (HTTP/1.1 and h2c on one port), PH_HTTP_1, PH_HTTP_2 */
+    uint32_t h2_max_concurrent_streams;
+    uint32_t h2_initial_window_size;  /* each stream's receive window (bytes held per stream) */
+    uint32_t h2_max_header_list_size; /* advertised and enforced (431 beyond); 0 = as HTTP/1 */
+    uint32_t h2_max_frame_size;       /* the largest frame we accept (16384 .. 16777215) */
 } ph_config_t;
+
+enum { PH_HTTP_AUTO, PH_HTTP_1, PH_HTTP_2 };
 
 struct ph_server_s {
     ph_loop_t *loop;

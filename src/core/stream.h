@@ -20,7 +20,9 @@ typedef struct {
     ph_header_t *headers; /* names lower-cased; order kept */
     size_t nheaders;
     int64_t content_length; /* -1 when absent */
-    unsigned chunked : 1, expect_continue : 1, is_head : 1;
+    /* te_trailers: the client takes response trailers (HTTP/1.1 `TE: trailers`; always on
+     * HTTP/2). */
+    unsigned chunked : 1, expect_continue : 1, is_head : 1, te_trailers : 1;
 } ph_request_t;
 
 /* What a bridge may ask of the protocol. Every op returns 0 or a negative PH_E* / libuv error;
@@ -34,6 +36,11 @@ typedef struct {
      * of, the Content-Length the app declared; PH_EINVAL and PH_ENOMEM leave nothing written,
      * so a first body() that fails can still be followed by another start(). */
     int (*body)(ph_stream_t *s, const char *data, size_t len, int more);
+    /* Ends a response whose last body() call said more=1: trailer fields (validated as in
+     * start(): PH_EINVAL, nothing sent). Sent where the protocol can carry them (an HTTP/2
+     * HEADERS frame; HTTP/1.1 chunked trailers when the request had `TE: trailers`), else
+     * dropped, as the ASGI trailers extension allows. */
+    int (*trailers)(ph_stream_t *s, const ph_header_t *headers, size_t n);
     /* The bridge wants (more of) the request body: read on, sending 100 Continue if expected. */
     void (*want_body)(ph_stream_t *s);
     /* The bridge holds enough unconsumed body: stop reading for now. */
@@ -48,6 +55,9 @@ typedef struct {
 /* What the protocol tells the bridge. */
 typedef struct {
     void (*on_body)(ph_stream_t *s, const char *data, size_t len); /* bytes valid for the call */
+    /* The request's trailer fields, just before on_body_end (names lower-cased; valid for the
+     * call). Optional. */
+    void (*on_trailers)(ph_stream_t *s, const ph_header_t *headers, size_t n);
     void (*on_body_end)(ph_stream_t *s);
     void (*on_drain)(ph_stream_t *s);      /* queued() fell below the high-water mark */
     void (*on_disconnect)(ph_stream_t *s); /* the peer left or broke the protocol */

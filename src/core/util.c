@@ -205,6 +205,44 @@ size_t ph_percent_decode(const char *src, size_t n, char *dst)
     return o;
 }
 
+static int b64val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+ptrdiff_t ph_base64url_decode(const char *src, size_t n, uint8_t *dst)
+{
+    while (n && src[n - 1] == '=')
+        n--; /* padding is not expected, but tolerated */
+    if (n % 4 == 1)
+        return -1;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = b64val((unsigned char)src[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            dst[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    return (ptrdiff_t)o;
+}
+
 double ph_monotonic(void)
 {
     struct timespec ts;

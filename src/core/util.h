@@ -56,6 +56,10 @@ const char *ph_status_reason(int status);
 /* Percent-decodes [src, src+n) into dst (room for n bytes); returns the decoded length. */
 size_t ph_percent_decode(const char *src, size_t n, char *dst);
 
+/* Decodes base64url (RFC 4648 §5, padding optional) into dst (room for n * 3 / 4 bytes);
+ * returns the decoded length, or -1 on a character outside the alphabet or a bad length. */
+ptrdiff_t ph_base64url_decode(const char *src, size_t n, uint8_t *dst);
+
 /* A free list of equal-sized heap blocks. Per-connection buffers go back to a shared pool while
  * their connection is idle: no malloc per request, and little memory held per idle connection.
  * A zeroed pool is ready; it keeps at most PH_POOL_MAX blocks and frees the rest. */

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from pronghorn import __version__
 from pronghorn.config import (
+    HTTP_CHOICES,
     LIFESPAN_MODES,
     LOG_LEVELS,
     LOOP_CHOICES,
@@ -57,6 +58,47 @@ OPTIONS: tuple[Option, ...] = (
         "--lifespan", "lifespan", "choice", "app", "ASGI lifespan protocol", None, LIFESPAN_MODES
     ),
     Option("--loop", "loop", "choice", "app", "event loop", None, LOOP_CHOICES),
+    Option(
+        "--http",
+        "http",
+        "choice",
+        "http",
+        "HTTP versions: auto = HTTP/1.1 and h2c on one port, 1 = HTTP/1.1 only, 2 = h2c only",
+        None,
+        HTTP_CHOICES,
+    ),
+    Option(
+        "--h2-max-concurrent-streams",
+        "h2_max_concurrent_streams",
+        "value",
+        "http",
+        "HTTP/2 streams a client may have open at once",
+        "N",
+    ),
+    Option(
+        "--h2-initial-window-size",
+        "h2_initial_window_size",
+        "value",
+        "http",
+        "HTTP/2 receive window per stream: request bytes held for an app that is not reading",
+        "BYTES",
+    ),
+    Option(
+        "--h2-max-header-list-size",
+        "h2_max_header_list_size",
+        "value",
+        "http",
+        "HTTP/2 request header list size (431 beyond; 0 = --limit-request-header-size)",
+        "BYTES",
+    ),
+    Option(
+        "--h2-max-frame-size",
+        "h2_max_frame_size",
+        "value",
+        "http",
+        "largest HTTP/2 frame accepted (16384 .. 16777215)",
+        "BYTES",
+    ),
     Option(
         "--timeout-keep-alive",
         "timeout_keep_alive",
@@ -177,6 +219,7 @@ OPTIONS: tuple[Option, ...] = (
 _GROUPS = {
     "binding": "binding (fd beats uds beats host:port)",
     "app": "application",
+    "http": "HTTP versions",
     "timeouts": "timeouts",
     "limits": "limits",
     "headers": "response headers",

@@ -26,6 +26,8 @@ class ConfigError(Exception):
 
 LIFESPAN_MODES = ("auto", "on", "off")
 LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+#: auto: HTTP/1.1 and HTTP/2 (h2c: prior knowledge or Upgrade) on one port
+HTTP_CHOICES = ("auto", "1", "2")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 _INT32_MAX = 2**31 - 1
@@ -223,6 +225,11 @@ class Config:
     root_path: str = ""
     lifespan: str = "auto"
     loop: str = "auto"
+    http: str = "auto"
+    h2_max_concurrent_streams: int = 100
+    h2_initial_window_size: int = 262144
+    h2_max_header_list_size: int = 0
+    h2_max_frame_size: int = 16384
     timeout_keep_alive: float = 5.0
     timeout_request_header: float = 10.0
     timeout_request_body: float = 30.0
@@ -254,6 +261,19 @@ class Config:
         self.root_path = self._validate_root_path(self.root_path)
         self.lifespan = _as_choice("lifespan", self.lifespan, LIFESPAN_MODES)
         self.loop = _as_choice("loop", self.loop, LOOP_CHOICES)
+        self.http = _as_choice("http", self.http, HTTP_CHOICES)
+        self.h2_max_concurrent_streams = _as_int(
+            "h2_max_concurrent_streams", self.h2_max_concurrent_streams, 1, _INT32_MAX
+        )
+        self.h2_initial_window_size = _as_int(
+            "h2_initial_window_size", self.h2_initial_window_size, 1, _INT32_MAX
+        )
+        self.h2_max_header_list_size = _as_int(
+            "h2_max_header_list_size", self.h2_max_header_list_size, 0, _INT32_MAX
+        )
+        self.h2_max_frame_size = _as_int(
+            "h2_max_frame_size", self.h2_max_frame_size, 16384, 16777215
+        )
         if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise _fail("loop", "uvloop is not installed (pip install uvloop)", "uvloop")
 
