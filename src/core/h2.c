@@ -848,7 +848,8 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     if (rv == 0 && cfg->date_header && !has_date)
         rv = rput(st, "date", 4, ph_date_now(), PH_DATE_LEN);
     /* --header lines, pre-serialised as "name: value\r\n" for HTTP/1.1 */
-    const char *p = cfg->extra_headers.base, *end = p + cfg->extra_headers.len;
+    const char *p = cfg->extra_headers.base;
+    const char *end = p ? p + cfg->extra_headers.len : NULL;
     while (rv == 0 && p < end) {
         const char *colon = memchr(p, ':', (size_t)(end - p));
         const char *eol = colon ? memchr(colon, '\r', (size_t)(end - colon)) : NULL;

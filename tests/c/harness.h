@@ -1,5 +1,6 @@
-/* Drives h1 + conn + loop without Python: a socketpair stands in for the client, and a tiny
- * in-C "bridge" answers each stream. Shared by the h1 unit test and the h1 fuzz target. */
+/* Drives h1 (and h2, which h1 hands an HTTP/2 connection to) + conn + loop without Python: a
+ * socketpair stands in for the client, and a tiny in-C "bridge" answers each stream. Shared by
+ * the h1 and h2 unit tests and fuzz targets. */
 #ifndef PH_HARNESS_H
 #define PH_HARNESS_H
 
@@ -26,6 +27,8 @@ typedef struct {
     /* how the bridge answers: body sent with more=1 then an empty end when chunked_reply */
     int chunked_reply;
     int respond_on_end; /* answer only once the whole request body is in */
+    int trailers_reply; /* end the response with a trailer field */
+    int trailers_seen;  /* request trailer fields the bridge was given */
     ph_stream_t *pending;
 } harness_t;
 
@@ -45,12 +48,25 @@ static void hb_respond(ph_stream_t *s)
     static const ph_header_t hs[] = {{{"content-type", 12}, {"text/plain", 10}}};
     if (s->ops->start(s, 200, hs, 1) != 0)
         return;
-    if (H->chunked_reply) {
+    if (H->trailers_reply) {
+        static const ph_header_t tr[] = {{{"grpc-status", 11}, {"0", 1}}};
+        if (s->ops->body(s, "hello", 5, 1) == 0)
+            s->ops->trailers(s, tr, 1);
+    } else if (H->chunked_reply) {
         s->ops->body(s, "hello", 5, 1);
         s->ops->body(s, "", 0, 0);
     } else {
         s->ops->body(s, "hello", 5, 0);
     }
+}
+
+static void hb_on_trailers(ph_stream_t *s, const ph_header_t *hs, size_t n)
+{
+    (void)s;
+    for (size_t i = 0; i < n; i++)
+        if (hs[i].name.len == 0)
+            abort(); /* a trailer field without a name never reaches a bridge */
+    H->trailers_seen += (int)n;
 }
 
 static void hb_on_body_end(ph_stream_t *s)
@@ -81,6 +97,7 @@ static void hb_on_release(ph_stream_t *s)
 
 static const ph_stream_handler_t hb_handler = {
     .on_body = hb_on_body,
+    .on_trailers = hb_on_trailers,
     .on_body_end = hb_on_body_end,
     .on_drain = hb_on_drain,
     .on_disconnect = hb_on_disconnect,
