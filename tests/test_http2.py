@@ -297,6 +297,18 @@ def test_nghttp_client(srv):
     assert r.stdout == b"x" * 300000
 
 
+def test_h2load_concurrent_connections(srv):
+    """Many connections whose first bytes arrive in the same tick: each is handed to HTTP/2
+    and served (a cancelled deferred callback once cut the others off the reactor's queue)."""
+    r = subprocess.run(
+        ["h2load", "-n", "4000", "-c", "16", "-m", "8", f"http://127.0.0.1:{srv.port}/echo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "4000 succeeded, 0 failed" in r.stdout, r.stdout
+
+
 def test_http1_still_served(srv):
     r = httpx.get(f"http://127.0.0.1:{srv.port}/echo")
     assert r.http_version == "HTTP/1.1"

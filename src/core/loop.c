@@ -30,16 +30,22 @@ static int needs_run(ph_loop_t *loop)
     return watchers_dirty(&loop->uv) || uv_backend_timeout(&loop->uv) == 0;
 }
 
+/* Runs as many entries as were queued when it started, each taken off the live queue just
+ * before it runs: a callback may cancel one still waiting (its owner going away) or queue
+ * more (they run in the caller's next round), and the queue stays whole. */
 static void run_deferred(ph_loop_t *loop)
 {
-    ph_defer_t *d = loop->defer_head;
-    loop->defer_head = loop->defer_tail = NULL;
-    while (d) {
-        ph_defer_t *next = d->next;
+    size_t n = 0;
+    for (ph_defer_t *d = loop->defer_head; d; d = d->next)
+        n++;
+    while (n-- > 0 && loop->defer_head) {
+        ph_defer_t *d = loop->defer_head;
+        loop->defer_head = d->next;
+        if (loop->defer_head == NULL)
+            loop->defer_tail = NULL;
         d->next = NULL;
         d->queued = 0;
         d->cb(d);
-        d = next;
     }
 }
 
