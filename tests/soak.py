@@ -3,7 +3,8 @@
     .venv/bin/python tests/soak.py [--requests 1000000]
 
 Mix: keep-alive GETs and pipelined GETs (wrk), plus uploads, aborted uploads, client resets
-and malformed requests from raw sockets. Prints RSS after a warm-up and at the end; exits 1
+and malformed requests from raw sockets; HTTP/2 GETs (h2load, 16 streams a connection) and
+HTTP/2 uploads, stream resets and dropped connections (the h2 library). Prints RSS after a warm-up and at the end; exits 1
 if it grew by more than --slack-mib. Not part of `make test` (it takes a few minutes); run by
 `make soak`.
 """
@@ -102,6 +103,57 @@ def raw_mix(port: int, n: int) -> int:
     return done
 
 
+def h2load(port: int, n: int) -> int:
+    """HTTP/2 GETs, many streams per connection (h2load, Debian nghttp2-client)."""
+    out = subprocess.run(
+        ["h2load", "-n", str(n), "-c", "8", "-m", "16", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out)
+    return int(m.group(1)) if m else 0
+
+
+def h2_mix(port: int, n: int) -> int:
+    """HTTP/2 connections with an upload read back, an upload reset half way, and a response
+    abandoned by dropping the connection."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+
+    body = os.urandom(32 * 1024)
+    head = [(":method", "POST"), (":path", "/echo"), (":scheme", "http"), (":authority", "t")]
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        try:
+            c.initiate_connection()
+            c.send_headers(1, head)
+            c.send_data(1, body[:16384])
+            c.send_data(1, body[16384:], end_stream=True)
+            c.send_headers(3, head)
+            c.send_data(3, body[:10000])
+            c.reset_stream(3, h2.errors.ErrorCodes.CANCEL)
+            c.send_headers(5, head, end_stream=True)
+            s.sendall(c.data_to_send())
+            got = 0
+            while got < len(body):
+                data = s.recv(65536)
+                if not data:
+                    break
+                for ev in c.receive_data(data):
+                    if getattr(ev, "stream_id", 0) == 1 and hasattr(ev, "data"):
+                        got += len(ev.data)
+                        c.acknowledge_received_data(ev.flow_controlled_length, 1)
+                s.sendall(c.data_to_send())
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, h2.exceptions.H2Error):
+            pass
+        finally:
+            s.close()
+    return 3 * n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1_000_000)
@@ -158,7 +210,7 @@ def main() -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(PIPELINE_LUA)
             lua = f.name
-        total = wrk(port, 3, 64) + raw_mix(port, 2000)  # warm-up
+        total = wrk(port, 3, 64) + raw_mix(port, 2000) + h2load(port, 20000) + h2_mix(port, 200)
         before = rss(server.pid)
         print(f"after warm-up ({total} requests): RSS {before / 2**20:.1f} MiB", flush=True)
         target = args.requests
@@ -167,6 +219,7 @@ def main() -> int:
             total += wrk(port, 5, 64)
             total += wrk(port, 3, 32, lua)  # counts wrk's pipelined batches
             total += raw_mix(port, min(raw_share // 10, 5000))
+            total += h2load(port, 50000) + h2_mix(port, min(raw_share // 30, 1000))
             print(f"  {total} requests, RSS {rss(server.pid) / 2**20:.1f} MiB", flush=True)
         after = rss(server.pid)
         grew = (after - before) / 2**20
