@@ -107,7 +107,8 @@ class H2:
                 body += ev.data
             elif isinstance(ev, h2.events.TrailersReceived):
                 trailers = {k.decode(): v.decode() for k, v in ev.headers}
-            elif isinstance(ev, h2.events.StreamReset):
+            elif isinstance(ev, h2.events.StreamReset) and ev.error_code:
+                # (NO_ERROR after a whole response only tells the client to stop sending)
                 raise AssertionError(f"stream {sid} reset: {ev.error_code!r}")
         return int(headers.get(":status", 0)), headers, body, trailers
 
@@ -808,6 +809,58 @@ def test_zero_window_stall_is_dropped(server):
 
 
 # ---- connection lifetime ----------------------------------------------------------------------
+
+
+def test_body_timeout_ends_only_that_stream(server):
+    s = server(APP, "--timeout-request-body", "1")
+    c = H2(s.port)
+    try:
+        stalled = c.request("/echo", method="POST", body=b"abc", end=False)
+        t0 = time.monotonic()
+        assert c.response(stalled, timeout=5)[0] == 408
+        assert 0.8 < time.monotonic() - t0 < 3
+        assert c.response(c.request("/echo"))[0] == 200  # the connection goes on
+    finally:
+        c.close()
+
+
+def test_header_block_stall_closes(server):
+    s = server(APP, "--timeout-request-header", "1")
+    c = Raw(s.port)
+    try:
+        block = c.enc.encode([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")])
+        c.send(frame(HEADERS, END_STREAM, 1, block))  # no END_HEADERS: a CONTINUATION is owed
+        t0 = time.monotonic()
+        f = c.until(lambda f: f[0] == GOAWAY, timeout=5)
+        assert error_code(f) == ENHANCE_YOUR_CALM
+        assert 0.8 < time.monotonic() - t0 < 3
+        assert c.next() is None
+    finally:
+        c.close()
+
+
+def test_too_many_headers_is_431(server):
+    s = server(APP, "--limit-request-headers", "10")
+    c = H2(s.port)
+    try:
+        many = [(f"x-h{i}", "v") for i in range(11)]
+        assert c.response(c.request("/echo", headers=many))[0] == 431
+        assert c.response(c.request("/echo", headers=many[:10]))[0] == 200
+    finally:
+        c.close()
+
+
+def test_expect_100_continue(srv):
+    c = H2(srv.port)
+    try:
+        sid = c.request("/echo", method="POST", end=False, headers=[("expect", "100-continue")])
+        ev = c.until(lambda e: isinstance(e, h2.events.InformationalResponseReceived))
+        assert dict(ev.headers)[b":status"] == b"100"
+        c.conn.send_data(sid, b"body", end_stream=True)
+        c.flush()
+        assert json.loads(c.response(sid)[2])["line"] == "2 POST /echo  4"
+    finally:
+        c.close()
 
 
 def test_idle_connection_gets_goaway(server):

@@ -208,30 +208,56 @@ static int spend(h2_t *h)
 
 /* ---- the connection's deadline ---- */
 
-/* No streams: the keep-alive time (the header time before the first request). Streams whose
- * response waits on a window the peer does not open: the write time. Else none of ours. */
+/* What the connection waits for, in the order a deadline is chosen: a response held by a
+ * window the peer does not open (the write time); a header block not yet whole (the header
+ * time); a request body an app waits for (the body time); no streams at all (the keep-alive
+ * time, the header time before the first request). Every deadline is about progress: it starts
+ * again whenever the connection moves. */
+enum { WAIT_NONE, WAIT_WINDOW, WAIT_HEAD, WAIT_BODY, WAIT_IDLE };
+
+/* An app waits for this stream's body, which the client owes (no 100 it still waits for). */
+static int reading(const h2_stream_t *st)
+{
+    return st->attached && !st->remote_done && !st->paused &&
+           !(st->stream.req.expect_continue && !st->continue_sent);
+}
+
+static int waiting_for(h2_t *h)
+{
+    if (h->nstreams == 0)
+        return WAIT_IDLE;
+    int head = 0, body = 0;
+    for (h2_stream_t *st = h->streams; st; st = st->next) {
+        if (st->submitted && st->olen > st->ostart &&
+            (nghttp2_session_get_stream_remote_window_size(h->ss, st->id) <= 0 ||
+             nghttp2_session_get_remote_window_size(h->ss) <= 0))
+            return WAIT_WINDOW;
+        if (!st->head_done)
+            head = 1;
+        else if (reading(st))
+            body = 1;
+    }
+    return head ? WAIT_HEAD : body ? WAIT_BODY : WAIT_NONE;
+}
+
 static void update_timer(h2_t *h)
 {
     if (h->closed)
         return;
     const ph_config_t *cfg = &h->server->cfg;
-    if (h->nstreams == 0) {
-        uint64_t ms = nghttp2_session_get_last_proc_stream_id(h->ss) == 0
-                          ? cfg->timeout_request_header_ms
-                          : cfg->timeout_keep_alive_ms;
-        ph_conn_set_timeout(h->conn, 0);
-        ph_conn_set_timeout(h->conn, ms);
-        return;
-    }
-    for (h2_stream_t *st = h->streams; st; st = st->next) {
-        if (st->submitted && st->olen > st->ostart &&
-            (nghttp2_session_get_stream_remote_window_size(h->ss, st->id) <= 0 ||
-             nghttp2_session_get_remote_window_size(h->ss) <= 0)) {
-            ph_conn_set_timeout(h->conn, cfg->timeout_write_ms);
-            return;
-        }
+    uint64_t ms = 0;
+    switch (waiting_for(h)) {
+    case WAIT_WINDOW: ms = cfg->timeout_write_ms; break;
+    case WAIT_HEAD: ms = cfg->timeout_request_header_ms; break;
+    case WAIT_BODY: ms = cfg->timeout_request_body_ms; break;
+    case WAIT_IDLE:
+        ms = nghttp2_session_get_last_proc_stream_id(h->ss) == 0 ? cfg->timeout_request_header_ms
+                                                                 : cfg->timeout_keep_alive_ms;
+        break;
     }
     ph_conn_set_timeout(h->conn, 0);
+    if (ms)
+        ph_conn_set_timeout(h->conn, ms);
 }
 
 /* ---- closing ---- */
@@ -555,8 +581,8 @@ static int on_header(nghttp2_session *ss, const nghttp2_frame *frame, const uint
         nghttp2_session_terminate_session(ss, NGHTTP2_ENHANCE_YOUR_CALM);
         return 0;
     }
-    if (st->head_size > h->max_header_list ||
-        (!st->head_done && st->nfields >= h->server->cfg.limit_request_headers + 5))
+    if (st->head_size > h->max_header_list || (!st->head_done && (nl == 0 || name[0] != ':') &&
+                                               st->nfields >= h->server->cfg.limit_request_headers))
         st->too_large = 1;
     if (st->too_large)
         return 0; /* decoded (HPACK state must stay in step), not kept */
@@ -1113,8 +1139,29 @@ static void on_timeout(ph_conn_t *conn)
     h2_t *h = conn->proto_data;
     if (h->closed)
         return;
-    /* idle past the keep-alive (or header) time, or a window shut on a waiting response */
-    uint32_t code = h->nstreams ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_NO_ERROR;
+    int what = waiting_for(h);
+    if (what == WAIT_BODY) {
+        /* Bodies that stopped coming: those streams end (408 if nothing was answered yet, else
+         * a reset); the connection and its other streams go on. */
+        for (h2_stream_t *st = h->streams; st; st = st->next) {
+            if (!st->head_done || !reading(st))
+                continue;
+            if (!st->submitted) {
+                detach(st, 1);
+                respond_simple(st, 408);
+            } else {
+                nghttp2_submit_rst_stream(h->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+                detach(st, 1);
+            }
+        }
+        flush(h);
+        return;
+    }
+    if (what == WAIT_NONE)
+        return;
+    /* Idle past the keep-alive (or header) time; or a header block, or a window shut on a
+     * waiting response, that made no progress: the connection goes. */
+    uint32_t code = what == WAIT_IDLE ? NGHTTP2_NO_ERROR : NGHTTP2_ENHANCE_YOUR_CALM;
     nghttp2_session_terminate_session(h->ss, code);
     h->draining = 1;
     flush(h);
