@@ -12,17 +12,22 @@ PORT   ?= 8000
 # clang's libFuzzer and sanitizer runtimes (`make fuzz`): only a Recommends of clang, so
 # --no-install-recommends leaves it out unless it is named here.
 DEB_PACKAGES := libuv1-dev node-llhttp libnghttp2-dev libssl-dev zlib1g-dev pkg-config \
-	curl netcat-openbsd wrk clang clang-format libclang-rt-14-dev gcc python3-dev python3-venv
+	curl nghttp2-client netcat-openbsd wrk clang clang-format libclang-rt-14-dev gcc \
+	python3-dev python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # meson-python records the meson/ninja it finds on PATH for editable rebuilds on import.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# Tools built from source for the tests (h2spec), kept out of git.
+TOOLS  := .tools
+H2SPEC := $(TOOLS)/bin/h2spec
+
 DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 BUILD_INPUTS := pyproject.toml meson.build $(wildcard meson.options meson_options.txt)
 
-.PHONY: all build serve test lint clean distclean test-asan fuzz soak leak-check
+.PHONY: all build serve test lint clean distclean test-asan fuzz soak leak-check h2spec
 
 all: build
 
@@ -55,11 +60,31 @@ build: $(BUILD_STAMP)
 serve: build
 	$(BIN)/pronghorn examples.hello:app --host $(HOST) --port $(PORT)
 
-test: build
+test: build $(H2SPEC)
 	@# configure once; a half-made dir from a failed configure is redone, not reused
 	[ -f build-ctest/build.ninja ] || { rm -rf build-ctest && $(BIN)/meson setup build-ctest -Dunit_tests=true; }
 	$(BIN)/meson test -C build-ctest --print-errorlogs
 	$(BIN)/python -m pytest -q tests
+
+# ---- h2spec ----------------------------------------------------------------------------------
+# HTTP/2 conformance, every case over h2c (tests/test_h2spec.py). tests/h2spec/go.mod pins
+# h2spec v2.2.1 (what `go install github.com/summerwind/h2spec/cmd/h2spec@latest` resolves to)
+# and the modules it imports; it is built once into $(TOOLS)/bin, with its module and build
+# caches in $(TOOLS) too. Go: the one on PATH, else /usr/local/go, else Debian's golang-go
+# (1.19, which builds these pins).
+GO_FOUND := $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go))
+GO := $(or $(GO_FOUND),/usr/bin/go)
+
+$(H2SPEC): tests/h2spec/go.mod tests/h2spec/go.sum
+	$(if $(GO_FOUND),,$(call deb_install,golang-go))
+	cd tests/h2spec && export GOBIN=$(CURDIR)/$(TOOLS)/bin GOPATH=$(CURDIR)/$(TOOLS)/go \
+		GOCACHE=$(CURDIR)/$(TOOLS)/go-build GOTOOLCHAIN=local GOFLAGS="-modcacherw $$GOFLAGS" && \
+		version=$$($(GO) list -m -f '{{.Version}}' github.com/summerwind/h2spec) && \
+		version=$${version#v} && version=$${version%+incompatible} && \
+		$(GO) install -ldflags="-X main.VERSION=$$version" github.com/summerwind/h2spec/cmd/h2spec
+	touch $@
+
+h2spec: $(H2SPEC)
 
 lint: $(DEPS_STAMP)
 	$(BIN)/ruff format --check src tests bench examples
@@ -93,7 +118,7 @@ $(ASAN_STAMP): $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS) $(wildcard src/core/*.[c
 		-Csetup-args=-Db_lundef=false -Csetup-args=-Dbuildtype=debugoptimized .
 	touch $@
 
-test-asan: $(ASAN_STAMP)
+test-asan: $(ASAN_STAMP) $(H2SPEC)
 	[ -f build-ctest-asan/build.ninja ] || { rm -rf build-ctest-asan; $(BIN)/meson setup \
 		build-ctest-asan -Dunit_tests=true -Db_sanitize=address,undefined \
 		-Dbuildtype=debugoptimized; }
@@ -115,9 +140,9 @@ leak-check: $(ASAN_STAMP)
 # libFuzzer targets (clang); `make fuzz FUZZ_SECONDS=60` runs each for that long from the seed
 # corpus in fuzz/corpus/<target>, keeping what it finds in fuzz/corpus-run/ (not committed).
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := h1
+FUZZ_TARGETS := h1 h2
 CORE_SRCS := src/core/loop.c src/core/conn.c src/core/listener.c src/core/server.c src/core/h1.c \
-	src/core/util.c
+	src/core/h2.c src/core/util.c
 LLHTTP_DIR ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
@@ -126,7 +151,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=
 build-fuzz/fuzz_%: fuzz/fuzz_%.c $(CORE_SRCS) $(wildcard src/core/*.h tests/c/*.h) | $(DEPS_STAMP)
 	mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) $(CORE_SRCS) $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c \
-		$(LLHTTP_DIR)/llhttp.c $< $$(pkg-config --cflags --libs libuv) -o $@
+		$(LLHTTP_DIR)/llhttp.c $< $$(pkg-config --cflags --libs libuv libnghttp2) -o $@
 
 fuzz: $(addprefix build-fuzz/fuzz_,$(FUZZ_TARGETS))
 	for t in $(FUZZ_TARGETS); do \
@@ -195,4 +220,4 @@ clean:
 		-name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(ASAN_VENV)
+	rm -rf $(VENV) $(ASAN_VENV) $(TOOLS)

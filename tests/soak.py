@@ -4,9 +4,9 @@
 
 Mix: keep-alive GETs and pipelined GETs (wrk), plus uploads, aborted uploads, client resets
 and malformed requests from raw sockets; HTTP/2 GETs (h2load, 16 streams a connection) and
-HTTP/2 uploads, stream resets and dropped connections (the h2 library). Prints RSS after a warm-up and at the end; exits 1
-if it grew by more than --slack-mib. Not part of `make test` (it takes a few minutes); run by
-`make soak`.
+HTTP/2 uploads, stream resets and dropped connections (the h2 library). Prints RSS after a
+warm-up and at the end; exits 1 if it grew by more than --slack-mib. Not part of `make test`
+(it takes a few minutes); run by `make soak`.
 """
 
 from __future__ import annotations

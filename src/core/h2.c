@@ -374,7 +374,8 @@ static void respond_simple(h2_stream_t *st, int status)
     };
     st->refused = 1;
     st->started = st->submitted = st->body_done = 1;
-    st->olen = 0;
+    st->has_trailers = 0;
+    st->ostart = st->olen = 0;
     if (put(&st->obuf, &st->olen, &st->ocap, reason, strlen(reason)) < 0) {
         nghttp2_submit_rst_stream(st->h2->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         return;
