@@ -104,16 +104,26 @@ def h2load(url, conns, streams, seconds, warmup):
         text,
     )
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    # per connection: min, max, mean req/s. In a timed run (-D) a connection the server never
+    # answers fails no request, it only completes none: min 0 is how it shows.
+    per_conn = re.search(r"^req/s\s*:\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)", text, re.M)
     if not (fin and req and codes):
         raise ToolError(f"h2load gave no result: {(out.stderr or text).strip()[:300]}")
     total, _, done, ok, failed, errored, timeout = map(int, req.groups())
     c2, c3, c4, c5 = map(int, codes.groups())
+    errors = failed + errored + timeout
+    raw = {"total": total, "succeeded": ok, "failed": failed, "errored": errored}
+    if per_conn:
+        raw["conn_rps_min_max_mean"] = [float(x) for x in per_conn.groups()]
+        if float(per_conn.group(1)) == 0:
+            raw["idle_conns"] = True  # at least one connection completed no request
+            errors += 1
     return {
         "rps": float(fin.group(3)),
         "requests": done,
-        "errors": failed + errored + timeout if done else max(1, failed + errored + timeout),
+        "errors": errors if done else max(1, errors),
         "non2xx": c3 + c4 + c5,
-        "raw": {"total": total, "succeeded": ok, "failed": failed, "errored": errored},
+        "raw": raw,
     }
 
 

@@ -22,6 +22,10 @@ TARGETS = [
     ("p99 < 5 ms at 40,000 req/s, zero errors", "rate40k", None, "p99", 5.0),
     ("pronghorn ≥ 1.5× granian, 10,000 conns, zero errors", "conns10k", "granian", "ratio", 1.5),
     ("≤ 2 KiB RSS per idle connection", "idle_rss", None, "rss", 2.0),
+    ("pronghorn ≥ 1.5× granian, HTTP/2 64 conns", "h2_hello", "granian", "ratio", 1.5),
+    ("pronghorn ≥ 0.7× nginx, HTTP/2 64 conns", "h2_hello", "nginx", "ratio", 0.7),
+    ("pronghorn ≥ 1.5× granian, HTTP/2 16 × 32 streams", "h2_streams", "granian", "ratio", 1.5),
+    ("pronghorn ≥ 0.7× nginx, HTTP/2 16 × 32 streams", "h2_streams", "nginx", "ratio", 0.7),
 ]
 
 
@@ -142,6 +146,8 @@ def _flag(x):
     if isinstance(raw, dict) and "connect" in raw:
         parts = [f"{k} {raw[k]}" for k in ("connect", "read", "write", "timeout", "status")]
         detail = " (" + ", ".join(p for p in parts if not p.endswith(" 0")) + ")"
+    elif isinstance(raw, dict) and raw.get("idle_conns"):
+        detail = " (a connection completed no request: h2load's per-connection min req/s is 0)"
     elif isinstance(raw, dict) and raw.get("errorDistribution"):
         detail = " (" + ", ".join(f"{k}: {v}" for k, v in raw["errorDistribution"].items()) + ")"
     return f"round {x['round']}: {x['errors']} errors, {x['non2xx']} non-2xx{detail}"

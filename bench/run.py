@@ -93,8 +93,8 @@ SCENARIOS = [
         needs="h2",
     ),
     Scenario(
-        "h2_streams", "6c", "HTTP/2 (h2c) hello, 16 conns × 16 streams", ASGI, "h2load", "rps",
-        conns=16, streams=16, needs="h2",
+        "h2_streams", "6c", "HTTP/2 (h2c) hello, 16 conns × 32 streams", ASGI, "h2load", "rps",
+        conns=16, streams=32, needs="h2",
     ),
 ]  # fmt: skip
 
@@ -104,6 +104,10 @@ RUN_ORDER = [
     "idle_rss", "hello", "pipelined", "body10k", "echo10k", "sleep10ms", "wsgi_hello",
     "rate5k", "rate20k", "rate40k", "h2_hello", "h2_streams", "conns10k",
 ]  # fmt: skip
+
+# The h2 rows of a server that should speak h2c but does not answer h2load's prior-knowledge
+# probe: a note, not a figure.
+NO_H2C = "no h2c (prior knowledge) answer: see its log"
 
 # A disturbed measurement is repeated at most RETRIES times, after waiting up to QUIET_WAIT
 # seconds for the machine to be quiet, while repeats have taken less than RETRY_BUDGET seconds
@@ -201,8 +205,9 @@ class Bench:
             self.cfg["rate_seconds"] = max(args.seconds, 2)
         self.nofile = raise_nofile()
         self.many = min(10000, self.nofile - 200)  # the "10k connections" count we can afford
+        self.scenarios = [s for s in SCENARIOS if not args.only or s.key in args.only]
         self.oha = loadgen.find_tool("oha")
-        if not self.oha and not args.smoke:
+        if not self.oha and not args.smoke and any(sc.tool == "oha" for sc in self.scenarios):
             sys.exit("oha not installed: `make bench` installs it into bench/.tools")
         self.commit = git("rev-parse", "--short", "HEAD") or "unknown"
         changes = git("status", "--porcelain", "--", "src", "meson.build", "pyproject.toml")
@@ -212,7 +217,6 @@ class Bench:
         self.sources_seen = [self.source_fp] if self.source_fp else []
         self.servers = [s for s in all_servers() if self._selected(s)]
         resolve_pronghorn_features(self.servers, probe_h2=True)
-        self.scenarios = [s for s in SCENARIOS if not args.only or s.key in args.only]
         # results[scenario key][server id] = list of samples
         self.samples = {sc.key: {s.id: [] for s in self.servers} for sc in self.scenarios}
         self.notes = {sc.key: {} for sc in self.scenarios}  # why a row is empty
@@ -300,6 +304,18 @@ class Bench:
         if not todo:
             return
         ordered = [todo[k] for k in RUN_ORDER if k in todo]
+        # a server with an h2 command line of its own (granian --http 2) serves its h2 rows
+        # from a second instance, started once the first has stopped
+        instances = [(ordered, False)]
+        if server.h2_argv:
+            h1 = [sc for sc in ordered if sc.needs != "h2"]
+            h2 = [sc for sc in ordered if sc.needs == "h2"]
+            instances = [(h1, False), (h2, True)]
+        for scenarios, h2_instance in instances:
+            if scenarios:
+                self._serve(server, rnd, scenarios, h2_instance)
+
+    def _serve(self, server, rnd, ordered, h2_instance):
         if server.is_pronghorn and self.source_fp:
             fp = pronghorn_source_fingerprint()
             if fp not in self.sources_seen:
@@ -308,15 +324,22 @@ class Bench:
                     log("  !! pronghorn's source changed since the run started (an edit or a "
                         "commit): its rows now mix builds")  # fmt: skip
         t0 = time.monotonic()
-        run = Running(server, self.log_dir)
+        run = Running(server, self.log_dir, h2_instance=h2_instance)
+        h2_ok = True
         try:
-            run.wait_ready()
-            if "h2?" in server.features:
-                self._probe_h2(server, run)
-            loadgen.wrk(run.url("/"), 64, self.cfg["warmup"])  # warm the server up
+            if h2_instance:
+                run.wait_ready(check=run.accepts)  # it answers no HTTP/1.1 GET
+            else:
+                run.wait_ready()
+                loadgen.wrk(run.url("/"), 64, self.cfg["warmup"])  # warm the server up
+            if any(sc.needs == "h2" for sc in ordered):
+                h2_ok = self._probe_h2(server, run)
             for sc in ordered:
                 if sc.needs == "h2" and "h2" not in server.features:
                     self.notes[sc.key][server.id] = server.lacks.get("h2", "n/a")
+                    continue
+                if sc.needs == "h2" and not h2_ok:
+                    self.notes[sc.key][server.id] = NO_H2C
                     continue
                 self._one(sc, server, run, rnd)
         except RuntimeError as e:  # the server did not start or died: every row says so
@@ -329,11 +352,19 @@ class Bench:
         log(f"  {server.id}: {time.monotonic() - t0:.0f}s")
 
     def _probe_h2(self, server, run):
-        server.features.discard("h2?")
-        if loadgen.h2_probe(run.url("/")):
-            server.features.add("h2")
-            server.lacks.pop("h2", None)
-            log(f"  {server.id}: answers HTTP/2 (h2c): h2 rows enabled")
+        """Whether the server answers h2c with prior knowledge (h2load, 4 requests). It enables
+        pronghorn's h2 rows ("h2?"); a peer that should but does not gets a note in those rows
+        this round instead of a figure."""
+        ok = loadgen.h2_probe(run.url("/", h2=True))
+        if "h2?" in server.features:
+            server.features.discard("h2?")
+            if ok:
+                server.features.add("h2")
+                server.lacks.pop("h2", None)
+                log(f"  {server.id}: answers HTTP/2 (h2c): h2 rows enabled")
+        elif "h2" in server.features and not ok:
+            log(f"  !! {server.id}: {NO_H2C}")
+        return ok
 
     def _one(self, sc, server, run, rnd):
         """Measure; a measurement that other processes disturbed is kept (flagged) and
@@ -412,7 +443,7 @@ class Bench:
 
     def meta(self, started, load):
         tools = {t: loadgen.tool_version(t) for t in ("wrk", "h2load", "oha")}
-        if not self.oha:
+        if not self.oha and any(sc.tool == "oha" for sc in self.scenarios):
             tools["oha"] = "not installed: fixed-rate rows use wrk paced (closed loop)"
         versions = {}
         for s in self.servers:
@@ -440,7 +471,12 @@ class Bench:
                 "server_cpu": 0,
                 "client_cpu": 1,
             },
-            "servers": {s.id: command_line(s) for s in self.servers},
+            "servers": {
+                **{s.id: command_line(s) for s in self.servers},
+                **{
+                    f"{s.id} (h2 rows)": command_line(s, h2=True) for s in self.servers if s.h2_argv
+                },
+            },
             "scenarios": [asdict(sc) for sc in self.scenarios],
         }
 
@@ -461,11 +497,11 @@ def rebuild(results):
     return report.build(meta, scenarios, servers, samples, notes)
 
 
-def command_line(server):
+def command_line(server, h2=False):
     """The server's command line as recorded in the results, without this machine's paths."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-argv-"))
     try:
-        argv = server.argv(8000, 8001, scratch)
+        argv = (server.h2_argv if h2 else server.argv)(8000, 8001, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     argv[0] = Path(argv[0]).name

@@ -51,6 +51,8 @@ class Server:
     label: str  # what the tables show, e.g. "granian"
     kind: str  # "asgi", "wsgi" or "nginx"
     argv: object  # callable(port, h2_port, workdir) -> list[str]
+    # callable like argv: a second instance, started for the h2 rows alone (granian --http 2)
+    h2_argv: object = None
     features: set = field(default_factory=set)  # "echo", "sleep", "h2"
     lacks: dict = field(default_factory=dict)  # feature -> why the row is empty
     version: object = None  # callable() -> str
@@ -130,6 +132,34 @@ def pronghorn_argv(app, extra=(), exe=None):
     return argv
 
 
+def granian_asgi_argv(extra=()):
+    def argv(port, h2_port, workdir):
+        return [
+            _peer("granian"), "asgi_app:app", "--interface", "asgi",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop",
+            "--no-access-log", "--log-level", "warning", "--backlog", BACKLOG,
+            # at most backlog/workers connections at once by default: room for 10k
+            "--backpressure", BACKPRESSURE,
+            *extra,
+        ]  # fmt: skip
+
+    return argv
+
+
+def hypercorn_argv(port, h2_port, workdir):
+    """hypercorn closes a connection after 1000 requests (keep_alive_max_requests, which has no
+    flag): h2load does not reconnect, so the streams in flight then fail. Lifted as nginx's
+    keepalive_requests is, through a config file (the flags still win over it)."""
+    conf = Path(workdir) / "hypercorn.toml"
+    conf.write_text("keep_alive_max_requests = 1000000000\n")
+    return [
+        _peer("hypercorn"), "asgi_app:app", "--bind", f"127.0.0.1:{port}",
+        "--worker-class", "uvloop", "--workers", "1", "--config", str(conf),
+        "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
+    ]  # fmt: skip
+
+
 def nginx_argv(port, h2_port, workdir):
     """Render bench/nginx.conf.in into workdir and run nginx in the foreground from it."""
     from apps.bodies import BODY_10K, HELLO
@@ -191,15 +221,9 @@ def all_servers():
             default=False,
         ),
         Server(
-            "granian", "granian", "asgi",
-            lambda port, h2, wd: [
-                _peer("granian"), "asgi_app:app", "--interface", "asgi",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop",
-                "--no-access-log", "--log-level", "warning", "--backlog", BACKLOG,
-                # at most backlog/workers connections at once by default: room for 10k
-                "--backpressure", BACKPRESSURE,
-            ],
+            "granian", "granian", "asgi", granian_asgi_argv(),
+            # its h2 rows run against a second instance that speaks HTTP/2 only
+            h2_argv=granian_asgi_argv(["--http", "2"]),
             features=both | {"h2"}, version=granian_v,
         ),
         Server(
@@ -214,12 +238,7 @@ def all_servers():
             features=set(both), lacks={"h2": "no HTTP/2"}, version=uvicorn_v,
         ),
         Server(
-            "hypercorn", "hypercorn", "asgi",
-            lambda port, h2, wd: [
-                _peer("hypercorn"), "asgi_app:app", "--bind", f"127.0.0.1:{port}",
-                "--worker-class", "uvloop", "--workers", "1",
-                "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
-            ],
+            "hypercorn", "hypercorn", "asgi", hypercorn_argv,
             features=both | {"h2"}, version=hyper_v,
         ),
         Server(
@@ -314,16 +333,18 @@ def free_port():
 
 
 class Running:
-    """A started server: its process group, ports, log and scratch directory."""
+    """A started server: its process group, ports, log and scratch directory. h2_instance:
+    the server's second instance, for its h2 rows (Server.h2_argv)."""
 
-    def __init__(self, server, log_dir):
+    def __init__(self, server, log_dir, h2_instance=False):
         self.server = server
         self.port = free_port()
         self.h2_port = free_port() if server.kind == "nginx" else self.port
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{server.id}-"))
         self.workdir.chmod(0o755)  # nginx's worker runs as nobody and serves files from it
         self.log_path = Path(log_dir) / f"{server.id}.log"
-        argv = ["taskset", "-c", SERVER_CPU, *server.argv(self.port, self.h2_port, self.workdir)]
+        make_argv = server.h2_argv if h2_instance else server.argv
+        argv = ["taskset", "-c", SERVER_CPU, *make_argv(self.port, self.h2_port, self.workdir)]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(APPS)
         env.pop("VIRTUAL_ENV", None)
@@ -343,13 +364,20 @@ class Running:
     def url(self, path="/", h2=False):
         return f"http://127.0.0.1:{self.h2_port if h2 else self.port}{path}"
 
-    def wait_ready(self, timeout=30.0):
+    def wait_ready(self, timeout=30.0, check=None):
+        """Until GET / answers the hello body; or, given check(), until check() is true (an
+        instance that speaks HTTP/2 only)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.server.id} exited with {self.proc.returncode}; see {self.log_path}"
                 )
+            if check is not None:
+                if check():
+                    return
+                time.sleep(0.1)
+                continue
             try:
                 with urllib.request.urlopen(self.url("/"), timeout=1) as r:
                     if r.status == 200 and r.read() == b"Hello, world!":
@@ -358,6 +386,14 @@ class Running:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{self.server.id} not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def accepts(self):
+        """True once the server accepts connections (on its h2 port)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.h2_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def pids(self):
         """PIDs of the server's process group (the server and any workers it forked)."""
