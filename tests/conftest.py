@@ -48,6 +48,7 @@ UVICORN_MISSING_FLAGS = {
     "--limit-request-headers",
     "--limit-request-header-size",
     "--limit-request-body",
+    "--http",  # uvicorn's --http picks an HTTP/1.1 implementation
 }
 
 

@@ -519,6 +519,35 @@ def test_send_waits_for_the_peer_window(srv):
         c.close()
 
 
+def test_concurrent_responses_interleave(srv):
+    """Two large responses on one connection share it frame by frame: neither waits for the
+    other to finish."""
+    c = H2(srv.port)
+    try:
+        a = c.request("/big?n=400000")
+        b = c.request("/big?n=400000")
+        order = []
+        deadline = time.monotonic() + 20
+        while len([e for e in order if e[1] == "end"]) < 2 and time.monotonic() < deadline:
+            for ev in c.read(2):
+                if isinstance(ev, h2.events.DataReceived):
+                    order.append((ev.stream_id, "data"))
+                elif isinstance(ev, h2.events.StreamEnded):
+                    order.append((ev.stream_id, "end"))
+            c.ack_all()
+            ended = {sid for sid, kind in order if kind == "end"}
+            for sid in {a, b} - ended:
+                c.conn.increment_flow_control_window(65535, sid)
+            c.conn.increment_flow_control_window(131070)
+            c.flush()
+        first_end = next(i for i, e in enumerate(order) if e[1] == "end")
+        other = b if order[first_end][0] == a else a
+        before = sum(1 for sid, kind in order[:first_end] if sid == other and kind == "data")
+        assert before >= 5, order[: first_end + 1]
+    finally:
+        c.close()
+
+
 def test_slow_consumer_stalls_only_its_stream(srv):
     """A stream whose app does not read holds only its own window: another stream's upload
     goes through at once."""

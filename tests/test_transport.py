@@ -295,7 +295,9 @@ def test_body_of_more_than_4_gib_in_one_message(server):
 
 
 def test_upgrade_request_is_served_as_http11_and_keep_alive_goes_on(server):
-    srv = server("basic:app")
+    """With HTTP/2 off, `Upgrade: h2c` is ignored and the connection serves on (the default
+    takes the upgrade: tests/test_http2.py)."""
+    srv = server("basic:app", "--http", "1")
     with RawConn(srv.port) as conn:
         conn.send(
             request_bytes(
