@@ -29,18 +29,23 @@
 
 typedef struct h2_s h2_t;
 
+/* Header fields copied into one growing arena, kept as offsets (the arena moves as it grows). */
+typedef struct {
+    char *arena;
+    size_t len, cap;
+    size_t *offs; /* per field: name offset, name length, value offset, value length */
+    size_t n, ocap;
+} fields_t;
+
 typedef struct h2_stream_s {
     ph_stream_t stream; /* what the bridge sees */
     h2_t *h2;
     int32_t id;
     struct h2_stream_s *prev, *next; /* in h2->streams */
 
-    /* Request fields, copied into arena as they are decoded: offsets, made into slices once the
-     * head is whole (the arena may move while it grows). */
-    char *arena;
-    size_t alen, acap;
-    size_t *offs; /* per field: name offset, name length, value offset, value length */
-    size_t nfields, fcap;
+    /* Request fields as they are decoded (made into slices once the head is whole), then its
+     * trailer fields. */
+    fields_t req;
     size_t pseudo[5][2];  /* :method :path :scheme :authority :protocol (offset, length + 1) */
     size_t head_size;     /* RFC 9113 §6.5.2 accounting: name + value + 32 per field */
     size_t ntrailer_from; /* fields from here on are trailers */
@@ -50,10 +55,7 @@ typedef struct h2_stream_s {
 
     /* Response. */
     int status;
-    char *rarena; /* response header names and values, names lower-cased */
-    size_t rlen, rcap;
-    size_t *roffs;
-    size_t nr, rfcap;
+    fields_t resp; /* the app's response fields, names lower-cased */
     int64_t resp_cl;
     uint64_t resp_sent;
     char *obuf; /* body bytes accepted, not yet framed */
@@ -127,6 +129,42 @@ static int put(char **buf, size_t *len, size_t *cap, const void *p, size_t n)
     return 0;
 }
 
+/* Appends a field (the name lower-cased when lower). 0 or PH_ENOMEM. */
+static int fields_add(fields_t *f, const char *name, size_t nl, const char *value, size_t vl,
+                      int lower)
+{
+    if (f->n == f->ocap) {
+        size_t ncap = f->ocap ? f->ocap * 2 : 16;
+        size_t *no = realloc(f->offs, ncap * 4 * sizeof(size_t));
+        if (no == NULL)
+            return PH_ENOMEM;
+        f->offs = no;
+        f->ocap = ncap;
+    }
+    if (grow(&f->arena, &f->cap, f->len + nl + vl) < 0)
+        return PH_ENOMEM;
+    size_t *o = &f->offs[f->n * 4];
+    o[0] = f->len;
+    o[1] = nl;
+    for (size_t i = 0; i < nl; i++) {
+        char c = name[i];
+        f->arena[f->len + i] = lower && c >= 'A' && c <= 'Z' ? (char)(c | 0x20) : c;
+    }
+    f->len += nl;
+    o[2] = f->len;
+    o[3] = vl;
+    memcpy(f->arena + f->len, value, vl);
+    f->len += vl;
+    f->n++;
+    return 0;
+}
+
+static void fields_free(fields_t *f)
+{
+    free(f->arena);
+    free(f->offs);
+}
+
 /* ---- streams ---- */
 
 static h2_stream_t *stream_new(h2_t *h, int32_t id)
@@ -174,11 +212,9 @@ static void stream_free(h2_stream_t *st)
     if (st->next)
         st->next->prev = st->prev;
     h->nstreams--;
-    free(st->arena);
-    free(st->offs);
+    fields_free(&st->req);
     free(st->headers);
-    free(st->rarena);
-    free(st->roffs);
+    fields_free(&st->resp);
     free(st->obuf);
     free(st->trailers);
     free(st->tarena);
@@ -328,35 +364,11 @@ static ssize_t read_body(nghttp2_session *ss, int32_t id, uint8_t *buf, size_t l
 
 /* ---- request head ---- */
 
-static int add_field(h2_stream_t *st, const uint8_t *name, size_t nl, const uint8_t *value,
-                     size_t vl)
-{
-    if (st->nfields == st->fcap) {
-        size_t ncap = st->fcap ? st->fcap * 2 : 16;
-        size_t *no = realloc(st->offs, ncap * 4 * sizeof(size_t));
-        if (no == NULL)
-            return PH_ENOMEM;
-        st->offs = no;
-        st->fcap = ncap;
-    }
-    size_t *o = &st->offs[st->nfields * 4];
-    o[0] = st->alen;
-    o[1] = nl;
-    if (put(&st->arena, &st->alen, &st->acap, name, nl) < 0)
-        return PH_ENOMEM;
-    o[2] = st->alen;
-    o[3] = vl;
-    if (put(&st->arena, &st->alen, &st->acap, value, vl) < 0)
-        return PH_ENOMEM;
-    st->nfields++;
-    return 0;
-}
-
 static ph_slice_t pseudo(h2_stream_t *st, int i)
 {
     if (st->pseudo[i][1] == 0)
         return (ph_slice_t){"", 0};
-    return (ph_slice_t){st->arena + st->pseudo[i][0], st->pseudo[i][1] - 1};
+    return (ph_slice_t){st->req.arena + st->pseudo[i][0], st->pseudo[i][1] - 1};
 }
 
 enum { P_METHOD, P_PATH, P_SCHEME, P_AUTHORITY, P_PROTOCOL };
@@ -391,7 +403,7 @@ static void open_stream(h2_stream_t *st, int end_stream)
     h2_t *h = st->h2;
     ph_request_t *r = &st->stream.req;
     st->head_done = 1;
-    st->ntrailer_from = st->nfields;
+    st->ntrailer_from = st->req.n;
     if (st->too_large) {
         respond_simple(st, 431);
         return;
@@ -403,32 +415,34 @@ static void open_stream(h2_stream_t *st, int end_stream)
     }
     /* Several cookie fields become one (RFC 9113 §8.2.3), as an HTTP/1.1 app expects. */
     size_t ncookies = 0, first_cookie = 0;
-    for (size_t i = 0; i < st->nfields; i++) {
-        size_t *o = &st->offs[i * 4];
-        if (o[1] == 6 && memcmp(st->arena + o[0], "cookie", 6) == 0 && ncookies++ == 0)
+    for (size_t i = 0; i < st->req.n; i++) {
+        size_t *o = &st->req.offs[i * 4];
+        if (o[1] == 6 && memcmp(st->req.arena + o[0], "cookie", 6) == 0 && ncookies++ == 0)
             first_cookie = i;
     }
     if (ncookies > 1) {
-        size_t from = st->alen;
-        for (size_t i = first_cookie; i < st->nfields; i++) {
-            size_t *o = &st->offs[i * 4];
-            if (o[1] != 6 || memcmp(st->arena + o[0], "cookie", 6) != 0)
+        size_t from = st->req.len;
+        for (size_t i = first_cookie; i < st->req.n; i++) {
+            size_t *o = &st->req.offs[i * 4];
+            if (o[1] != 6 || memcmp(st->req.arena + o[0], "cookie", 6) != 0)
                 continue;
-            if ((st->alen > from && put(&st->arena, &st->alen, &st->acap, "; ", 2) < 0) ||
-                grow(&st->arena, &st->acap, st->alen + o[3]) < 0) {
+            if ((st->req.len > from &&
+                 put(&st->req.arena, &st->req.len, &st->req.cap, "; ", 2) < 0) ||
+                grow(&st->req.arena, &st->req.cap, st->req.len + o[3]) < 0) {
                 respond_simple(st, 500);
                 return;
             }
-            memcpy(st->arena + st->alen, st->arena + o[2], o[3]); /* after grow: no overlap */
-            st->alen += o[3];
+            memcpy(st->req.arena + st->req.len, st->req.arena + o[2],
+                   o[3]); /* after grow: no overlap */
+            st->req.len += o[3];
             if (i != first_cookie)
                 o[1] = 0; /* dropped below */
         }
-        st->offs[first_cookie * 4 + 2] = from;
-        st->offs[first_cookie * 4 + 3] = st->alen - from;
+        st->req.offs[first_cookie * 4 + 2] = from;
+        st->req.offs[first_cookie * 4 + 3] = st->req.len - from;
     }
     ph_slice_t authority = pseudo(st, P_AUTHORITY);
-    st->headers = malloc((st->nfields + 1) * sizeof(ph_header_t));
+    st->headers = malloc((st->req.n + 1) * sizeof(ph_header_t));
     if (st->headers == NULL) {
         respond_simple(st, 500);
         return;
@@ -438,11 +452,11 @@ static void open_stream(h2_stream_t *st, int end_stream)
         st->headers[n++] = (ph_header_t){PH_SLICE_LIT("host"), authority};
     memset(r, 0, sizeof(*r));
     r->content_length = -1;
-    for (size_t i = 0; i < st->nfields; i++) {
-        size_t *o = &st->offs[i * 4];
+    for (size_t i = 0; i < st->req.n; i++) {
+        size_t *o = &st->req.offs[i * 4];
         if (o[1] == 0)
             continue;
-        ph_slice_t nm = {st->arena + o[0], o[1]}, v = {st->arena + o[2], o[3]};
+        ph_slice_t nm = {st->req.arena + o[0], o[1]}, v = {st->req.arena + o[2], o[3]};
         if (authority.len && nm.len == 4 && memcmp(nm.base, "host", 4) == 0)
             continue; /* :authority wins (RFC 9113 §8.3.1) */
         if (nm.len == 14 && memcmp(nm.base, "content-length", 14) == 0) {
@@ -496,12 +510,12 @@ static void request_done(h2_stream_t *st)
     st->remote_done = 1;
     if (!st->attached || st->stream.handler == NULL)
         return;
-    if (st->nfields > st->ntrailer_from && st->stream.handler->on_trailers) {
-        size_t n = st->nfields - st->ntrailer_from;
+    if (st->req.n > st->ntrailer_from && st->stream.handler->on_trailers) {
+        size_t n = st->req.n - st->ntrailer_from;
         ph_header_t tr[n];
         for (size_t i = 0; i < n; i++) {
-            size_t *o = &st->offs[(st->ntrailer_from + i) * 4];
-            tr[i] = (ph_header_t){{st->arena + o[0], o[1]}, {st->arena + o[2], o[3]}};
+            size_t *o = &st->req.offs[(st->ntrailer_from + i) * 4];
+            tr[i] = (ph_header_t){{st->req.arena + o[0], o[1]}, {st->req.arena + o[2], o[3]}};
         }
         st->stream.handler->on_trailers(&st->stream, tr, n);
     }
@@ -583,7 +597,7 @@ static int on_header(nghttp2_session *ss, const nghttp2_frame *frame, const uint
         return 0;
     }
     if (st->head_size > h->max_header_list || (!st->head_done && (nl == 0 || name[0] != ':') &&
-                                               st->nfields >= h->server->cfg.limit_request_headers))
+                                               st->req.n >= h->server->cfg.limit_request_headers))
         st->too_large = 1;
     if (st->too_large)
         return 0; /* decoded (HPACK state must stay in step), not kept */
@@ -591,15 +605,15 @@ static int on_header(nghttp2_session *ss, const nghttp2_frame *frame, const uint
         static const char *names[] = {":method", ":path", ":scheme", ":authority", ":protocol"};
         for (int i = 0; i < 5; i++) {
             if (strlen(names[i]) == nl && memcmp(names[i], name, nl) == 0) {
-                st->pseudo[i][0] = st->alen;
+                st->pseudo[i][0] = st->req.len;
                 st->pseudo[i][1] = vl + 1;
-                if (put(&st->arena, &st->alen, &st->acap, value, vl) < 0)
+                if (put(&st->req.arena, &st->req.len, &st->req.cap, value, vl) < 0)
                     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
             }
         }
         return 0;
     }
-    if (add_field(st, name, nl, value, vl) < 0)
+    if (fields_add(&st->req, (const char *)name, nl, (const char *)value, vl, 0) < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -808,34 +822,6 @@ static int connection_specific(ph_slice_t nm)
            ph_eq_lower(nm.base, nm.len, "upgrade", 7);
 }
 
-static int rput(h2_stream_t *st, const char *name, size_t nl, const char *value, size_t vl)
-{
-    if (st->nr == st->rfcap) {
-        size_t ncap = st->rfcap ? st->rfcap * 2 : 16;
-        size_t *no = realloc(st->roffs, ncap * 4 * sizeof(size_t));
-        if (no == NULL)
-            return PH_ENOMEM;
-        st->roffs = no;
-        st->rfcap = ncap;
-    }
-    size_t *o = &st->roffs[st->nr * 4];
-    o[0] = st->rlen;
-    o[1] = nl;
-    if (grow(&st->rarena, &st->rcap, st->rlen + nl + vl) < 0)
-        return PH_ENOMEM;
-    for (size_t i = 0; i < nl; i++) {
-        char c = name[i];
-        st->rarena[st->rlen + i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
-    }
-    st->rlen += nl;
-    o[2] = st->rlen;
-    o[3] = vl;
-    memcpy(st->rarena + st->rlen, value, vl);
-    st->rlen += vl;
-    st->nr++;
-    return 0;
-}
-
 static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
 {
     h2_stream_t *st = STREAM_OF(s);
@@ -860,20 +846,21 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
             has_date = 1;
         }
     }
-    st->nr = 0;
-    st->rlen = 0;
+    st->resp.n = 0;
+    st->resp.len = 0;
     int rv = 0;
     for (size_t i = 0; i < n && rv == 0; i++) {
         if (connection_specific(hs[i].name) ||
             ph_eq_lower(hs[i].name.base, hs[i].name.len, "content-length", 14))
             continue;
-        rv = rput(st, hs[i].name.base, hs[i].name.len, hs[i].value.base, hs[i].value.len);
+        rv = fields_add(&st->resp, hs[i].name.base, hs[i].name.len, hs[i].value.base,
+                        hs[i].value.len, 1);
     }
     const ph_config_t *cfg = &st->h2->server->cfg;
     if (rv == 0 && cfg->server_header && !has_server)
-        rv = rput(st, "server", 6, "pronghorn", 9);
+        rv = fields_add(&st->resp, "server", 6, "pronghorn", 9, 1);
     if (rv == 0 && cfg->date_header && !has_date)
-        rv = rput(st, "date", 4, ph_date_now(), PH_DATE_LEN);
+        rv = fields_add(&st->resp, "date", 4, ph_date_now(), PH_DATE_LEN, 1);
     /* --header lines, pre-serialised as "name: value\r\n" for HTTP/1.1 */
     const char *p = cfg->extra_headers.base;
     const char *end = p ? p + cfg->extra_headers.len : NULL;
@@ -885,11 +872,11 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
         const char *v = colon + 1;
         while (v < eol && *v == ' ')
             v++;
-        rv = rput(st, p, (size_t)(colon - p), v, (size_t)(eol - v));
+        rv = fields_add(&st->resp, p, (size_t)(colon - p), v, (size_t)(eol - v), 1);
         p = eol + 2;
     }
     if (rv < 0) {
-        st->nr = 0;
+        st->resp.n = 0;
         return PH_ENOMEM;
     }
     st->status = status;
@@ -901,7 +888,7 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
 
 static int submit(h2_stream_t *st, int end)
 {
-    size_t n = st->nr + 2;
+    size_t n = st->resp.n + 2;
     nghttp2_nv stack[32], *nv = n <= 32 ? stack : malloc(n * sizeof(nghttp2_nv));
     if (nv == NULL)
         return PH_ENOMEM;
@@ -915,10 +902,10 @@ static int submit(h2_stream_t *st, int end)
         nv[k++] =
             (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)num, 14, nl, NGHTTP2_NV_FLAG_NONE};
     }
-    for (size_t i = 0; i < st->nr; i++) {
-        size_t *o = &st->roffs[i * 4];
-        nv[k++] = (nghttp2_nv){(uint8_t *)st->rarena + o[0], (uint8_t *)st->rarena + o[2], o[1],
-                               o[3], NGHTTP2_NV_FLAG_NONE};
+    for (size_t i = 0; i < st->resp.n; i++) {
+        size_t *o = &st->resp.offs[i * 4];
+        nv[k++] = (nghttp2_nv){(uint8_t *)st->resp.arena + o[0], (uint8_t *)st->resp.arena + o[2],
+                               o[1], o[3], NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
     int rv = nghttp2_submit_response(st->h2->ss, st->id, nv, k, end ? NULL : &dp);
@@ -1212,7 +1199,7 @@ static void expire(ph_conn_t *conn)
             detach(st, 1);
         } else {
             detach(st, 1);
-            st->nr = 0;
+            st->resp.n = 0;
             respond_simple(st, 503);
         }
     }
@@ -1344,14 +1331,14 @@ int ph_h2_attach_upgrade(ph_conn_t *conn, const ph_h2_upgrade_t *up)
         if (connection_specific(nm) || ph_eq_lower(nm.base, nm.len, "http2-settings", 14) ||
             ph_eq_lower(nm.base, nm.len, "te", 2))
             continue;
-        if (add_field(st, (const uint8_t *)nm.base, nm.len, (const uint8_t *)v.base, v.len) < 0)
+        if (fields_add(&st->req, nm.base, nm.len, v.base, v.len, 0) < 0)
             rv = PH_ENOMEM;
     }
     const ph_slice_t ps[] = {r->method, r->target, PH_SLICE_LIT("http"), authority};
     for (int i = 0; rv == 0 && i < 4; i++) {
-        st->pseudo[i][0] = st->alen;
+        st->pseudo[i][0] = st->req.len;
         st->pseudo[i][1] = ps[i].len + 1;
-        if (put(&st->arena, &st->alen, &st->acap, ps[i].base, ps[i].len) < 0)
+        if (put(&st->req.arena, &st->req.len, &st->req.cap, ps[i].base, ps[i].len) < 0)
             rv = PH_ENOMEM;
     }
     if (rv < 0) {
