@@ -340,7 +340,8 @@ static ssize_t read_body(nghttp2_session *ss, int32_t id, uint8_t *buf, size_t l
     size_t n = avail < length ? avail : length;
     if (n == 0 && !st->body_done)
         return NGHTTP2_ERR_DEFERRED;
-    memcpy(buf, st->obuf + st->ostart, n);
+    if (n) /* (no body at all: obuf may be NULL) */
+        memcpy(buf, st->obuf + st->ostart, n);
     st->ostart += n;
     if (st->ostart == st->olen)
         st->ostart = st->olen = 0;
