@@ -50,7 +50,9 @@ static void hb_respond(ph_stream_t *s)
         return;
     if (H->trailers_reply) {
         static const ph_header_t tr[] = {{{"grpc-status", 11}, {"0", 1}}};
-        if (s->ops->body(s, "hello", 5, 1) == 0)
+        /* with chunked_reply too: no body at all, only trailers (a gRPC error's shape) */
+        size_t n = H->chunked_reply ? 0 : 5;
+        if (s->ops->body(s, "hello", n, 1) == 0)
             s->ops->trailers(s, tr, 1);
     } else if (H->chunked_reply) {
         s->ops->body(s, "hello", 5, 1);

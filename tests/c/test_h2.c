@@ -80,6 +80,25 @@ static void test_prior_knowledge(void)
     harness_free(&h);
 }
 
+static void test_trailers_without_body(void)
+{
+    harness_t h;
+    harness_init(&h);
+    h.trailers_reply = 1;
+    h.chunked_reply = 1; /* the bridge sends no body bytes, then trailers */
+    char req[256];
+    size_t n = 0;
+    memcpy(req, PH_H2_PREFACE, PH_H2_PREFACE_LEN);
+    n += PH_H2_PREFACE_LEN;
+    n += frame(req + n, 0x4, 0, 0, "", 0);
+    n += frame(req + n, 0x1, 0x5, 1, get_block, sizeof(get_block) - 1);
+    harness_exchange(&h, req, n, 1 << 20, out, sizeof(out), &outlen);
+    int flags = 0;
+    CHECK(frames(out, outlen, 0x1, 1, &flags) == 2); /* response HEADERS + trailers */
+    CHECK(flags & 0x1);
+    harness_free(&h);
+}
+
 static void test_upgrade(void)
 {
     harness_t h;
@@ -132,6 +151,7 @@ int main(void)
 {
     test_preface_match();
     test_prior_knowledge();
+    test_trailers_without_body();
     test_upgrade();
     test_bad_settings_is_plain_http1();
     test_request_trailers();
