@@ -931,6 +931,32 @@ def test_graceful_shutdown_goaway_then_finish(server):
         c.close()
 
 
+def test_graceful_time_up_resets_or_answers_503(server):
+    """Shutdown time runs out: a stream whose response started (and waits on a shut window) is
+    reset, one not yet answered gets a whole 503; then the connection closes and the server
+    exits."""
+    s = server(APP, "--timeout-graceful-shutdown", "0.5")
+    c = Raw(s.port)
+    try:
+        auth = (":authority", "x")
+        c.headers(1, [(":method", "GET"), (":path", "/sleep?s=30"), (":scheme", "http"), auth])
+        c.headers(3, [(":method", "GET"), (":path", "/big?n=10000000"), (":scheme", "http"), auth])
+        c.until(lambda f: f[0] == DATA and f[2] == 3)  # stream 3's response has started
+        c.send(frame(0x8, 0, 0, (1 << 20).to_bytes(4, "big")))  # room on the connection
+        s.send_signal(signal.SIGTERM)
+        frames = []
+        while (f := c.next()) is not None:
+            frames.append(f)
+        one = [f for f in frames if f[2] == 1]
+        assert one[0][0] == HEADERS and one[0][3][b":status"] == b"503"
+        assert one[-1][0] == DATA and one[-1][1] & END_STREAM
+        three = [f for f in frames if f[2] == 3 and f[0] == RST_STREAM]
+        assert three and error_code(three[0]) == INTERNAL_ERROR
+        assert s.wait_exit(10) == 0
+    finally:
+        c.close()
+
+
 def test_http_1_flag_refuses_h2(server):
     s = server(APP, "--http", "1")
     c = H2(s.port)

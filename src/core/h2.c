@@ -67,7 +67,7 @@ typedef struct h2_stream_s {
     /* attached: handed to the bridge and not yet released. */
     unsigned attached : 1, head_done : 1, remote_done : 1, paused : 1, too_large : 1, started : 1,
         submitted : 1, body_done : 1, has_trailers : 1, end_sent : 1, over : 1, no_body : 1,
-        continue_sent : 1, refused : 1;
+        continue_sent : 1;
 } h2_stream_t;
 
 struct h2_s {
@@ -385,7 +385,6 @@ static void respond_simple(h2_stream_t *st, int status)
         {(uint8_t *)"content-type", (uint8_t *)"text/plain; charset=utf-8", 12, 25,
          NGHTTP2_NV_FLAG_NONE},
     };
-    st->refused = 1;
     st->started = st->submitted = st->body_done = 1;
     st->has_trailers = 0;
     st->ostart = st->olen = 0;
@@ -1204,7 +1203,10 @@ static void expire(ph_conn_t *conn)
             respond_simple(st, 503);
         }
     }
+    /* What nghttp2 can send now goes (the resets, the 503s as far as the windows let them),
+     * and the connection closes behind it: time is up, no window is waited for. */
     flush(h);
+    close_conn(h);
 }
 
 static const ph_conn_proto_t h2_proto = {
