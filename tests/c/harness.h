@@ -28,6 +28,8 @@ typedef struct {
     int chunked_reply;
     int respond_on_end; /* answer only once the whole request body is in */
     int trailers_reply; /* end the response with a trailer field */
+    int abort_reply;    /* start a response, send part of it, then abort (an app that failed) */
+    int pause_reads;    /* pause the body at its first bytes and never ask for more */
     int trailers_seen;  /* request trailer fields the bridge was given */
     ph_stream_t *pending;
 } harness_t;
@@ -36,7 +38,8 @@ static harness_t *H;
 
 static void hb_on_body(ph_stream_t *s, const char *d, size_t n)
 {
-    (void)s;
+    if (H->pause_reads)
+        s->ops->pause_body(s);
     if (H->body_len + n <= sizeof(H->body)) {
         memcpy(H->body + H->body_len, d, n);
         H->body_len += n;
@@ -48,7 +51,10 @@ static void hb_respond(ph_stream_t *s)
     static const ph_header_t hs[] = {{{"content-type", 12}, {"text/plain", 10}}};
     if (s->ops->start(s, 200, hs, 1) != 0)
         return;
-    if (H->trailers_reply) {
+    if (H->abort_reply) {
+        if (s->ops->body(s, "hel", 3, 1) == 0)
+            s->ops->abort(s);
+    } else if (H->trailers_reply) {
         static const ph_header_t tr[] = {{{"grpc-status", 11}, {"0", 1}}};
         /* with chunked_reply too: no body at all, only trailers (a gRPC error's shape) */
         size_t n = H->chunked_reply ? 0 : 5;
