@@ -18,7 +18,7 @@ import h2.settings
 import hpack
 import httpx
 import pytest
-from conftest import IS_UVICORN
+from conftest import IS_UVICORN, proc_status
 
 pytestmark = pytest.mark.skipif(IS_UVICORN, reason="uvicorn has no HTTP/2")
 
@@ -953,6 +953,51 @@ def test_graceful_time_up_resets_or_answers_503(server):
         three = [f for f in frames if f[2] == 3 and f[0] == RST_STREAM]
         assert three and error_code(three[0]) == INTERNAL_ERROR
         assert s.wait_exit(10) == 0
+    finally:
+        c.close()
+
+
+def test_half_close_after_a_request_is_answered(srv):
+    """A client that sends a whole request and then its FIN (shutdown(SHUT_WR)) still reads the
+    answer, as over HTTP/1.1; then the server closes."""
+    c = Raw(srv.port)
+    try:
+        auth = (":authority", "x")
+        c.headers(1, [(":method", "GET"), (":path", "/sleep?s=0.3"), (":scheme", "http"), auth])
+        c.sock.shutdown(socket.SHUT_WR)
+        frames = []
+        while (f := c.next()) is not None:
+            frames.append(f)
+        one = [f for f in frames if f[2] == 1]
+        assert one and one[0][0] == HEADERS and one[0][3][b":status"] == b"200", frames
+        assert one[-1][0] == DATA and one[-1][3] == b"slept" and one[-1][1] & END_STREAM
+    finally:
+        c.close()
+
+
+def test_slow_reader_does_not_make_the_server_buffer(srv):
+    """A client with windows wide open that stops reading its socket: the server stops taking
+    the app's body once its write queue is full (send() waits), instead of holding 30 MB."""
+    size = 30_000_000
+    c = H2(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        c.flush()
+        before = proc_status(srv.pid, "VmRSS")
+        sid = c.request(f"/big?n={size}")
+        time.sleep(2.0)  # not reading
+        grew = proc_status(srv.pid, "VmRSS") - before
+        assert grew < 8 * 2**20, f"RSS grew {grew / 2**20:.1f} MiB while the client did not read"
+        got = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            evs = c.read(5)
+            got += sum(len(e.data) for e in evs if isinstance(e, h2.events.DataReceived))
+            if any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in evs):
+                break
+            c.events.clear()
+        assert got == size
     finally:
         c.close()
 

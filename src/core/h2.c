@@ -92,6 +92,7 @@ static const ph_conn_proto_t h2_proto;
 static const ph_stream_ops_t h2_ops;
 static void flush(h2_t *h);
 static void schedule_flush(h2_t *h);
+static void drain(ph_conn_t *conn);
 
 int ph_h2_match_preface(const char *p, size_t n)
 {
@@ -1047,10 +1048,12 @@ static size_t op_queued(ph_stream_t *s)
     h2_stream_t *st = STREAM_OF(s);
     if (!st->attached || st->h2->closed)
         return 0;
-    size_t q = st->olen - st->ostart;
+    /* Above the mark the bridge waits for on_drain: the stream must be told when both its own
+     * bytes and the connection's queue are back under it, whichever held it. */
+    size_t q = st->olen - st->ostart + ph_conn_queued(st->h2->conn);
     if (q > st->h2->server->cfg.write_high_water)
         st->over = 1;
-    return q + ph_conn_queued(st->h2->conn);
+    return q;
 }
 
 static const ph_stream_ops_t h2_ops = {
@@ -1112,9 +1115,17 @@ static void on_eof(ph_conn_t *conn, int err)
         ph_conn_abort(conn);
         return;
     }
-    /* No more frames can come: streams still reading are cut short; what is in flight goes
-     * out, then the connection closes. */
-    close_conn(h);
+    /* The peer sent its FIN: no more frames can come, but it may still read (as an HTTP/1.1
+     * client that half-closes after its request). Streams whose request is whole are answered;
+     * those still waiting for request bytes never get them and are reset; then GOAWAY, and the
+     * connection closes once the last answer is out. */
+    for (h2_stream_t *st = h->streams; st && !h->closed; st = st->next) {
+        if (st->remote_done)
+            continue;
+        nghttp2_submit_rst_stream(h->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        detach(st, 1);
+    }
+    drain(conn);
 }
 
 static void on_drain(ph_conn_t *conn)
