@@ -285,6 +285,9 @@ BAD_FLAGS = {
     "limit-request-body-negative": (["--limit-request-body", "-1"], ["request-body", "-1"]),
     "header-without-colon": (["--header", "NoColonHere"], ["header", "NoColonHere"]),
     "log-level-unknown": (["--log-level", "loud"], ["log-level", "loud"]),
+    "http-unknown": (["--http", "3"], ["http", "3"]),
+    "h2-frame-size-too-small": (["--h2-max-frame-size", "100"], ["frame-size", "100"]),
+    "h2-streams-zero": (["--h2-max-concurrent-streams", "0"], ["concurrent-streams", "0"]),
     "unknown-flag": (["--no-such-flag"], ["no-such-flag"]),
 }
 

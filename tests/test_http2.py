@@ -1002,6 +1002,46 @@ def test_slow_reader_does_not_make_the_server_buffer(srv):
         c.close()
 
 
+def test_streams_beyond_the_limit_are_refused(server):
+    """A client that opens more streams than --h2-max-concurrent-streams allows gets the extra
+    one reset; the others are served."""
+    s = server(APP, "--h2-max-concurrent-streams", "2")
+    c = Raw(s.port)
+    try:
+        auth = (":authority", "x")
+        for sid in (1, 3, 5):
+            c.headers(
+                sid, [(":method", "GET"), (":path", "/sleep?s=0.3"), (":scheme", "http"), auth]
+            )
+        frames = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len([f for f in frames if f[0] == DATA]) < 2:
+            frames.append(c.next())
+        rst = [f for f in frames if f[0] == RST_STREAM and f[2] == 5]
+        assert rst and error_code(rst[0]) in (PROTOCOL_ERROR, 0x7), frames  # 0x7: REFUSED_STREAM
+        assert sorted(f[2] for f in frames if f[0] == DATA) == [1, 3]
+    finally:
+        c.close()
+
+
+def test_upgrade_with_a_large_body_is_served_over_http1(srv):
+    """Past 64 KiB an upgrade body would have to be held whole: the request is served as
+    HTTP/1.1 instead (RFC 9113 lets a server ignore the upgrade)."""
+    body = b"z" * 70000
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\nContent-Length: 70000\r\n"
+            b"Connection: close\r\n\r\n" + body
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(rest)["line"] == "1.1 POST /echo  70000"
+
+
 def test_http_1_flag_refuses_h2(server):
     s = server(APP, "--http", "1")
     c = H2(s.port)

@@ -255,8 +255,7 @@ static int trailer_name(h1_t *h, const char *at, size_t len)
     if (h->last_was_value) {
         if (h->ntr >= h->server->cfg.limit_request_headers)
             return user_error(h, 431, "Too many request trailer fields");
-        if ((h->ntr + 1) * sizeof(hdr_pos_t) > h->tpos_bytes &&
-            reserve(h, (char **)&h->tpos, &h->tpos_bytes, h->ntr * sizeof(hdr_pos_t),
+        if (reserve(h, (char **)&h->tpos, &h->tpos_bytes, h->ntr * sizeof(hdr_pos_t),
                     sizeof(hdr_pos_t)) < 0)
             return user_error(h, 500, "Out of memory");
         hdr_pos_t *tp = &h->tpos[h->ntr++];

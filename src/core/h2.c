@@ -551,7 +551,7 @@ static int on_begin_frame(nghttp2_session *ss, const nghttp2_frame_hd *hd, void 
     switch (hd->type) {
     case NGHTTP2_DATA:
         if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM))
-            return spend(h) < 0 ? 0 : 0;
+            spend(h);
         return 0;
     case NGHTTP2_HEADERS:
         if (hd->stream_id % 2 == 1 && !known_id(h, hd->stream_id))

@@ -5,8 +5,22 @@
 
 #define S(lit) lit, sizeof(lit) - 1
 
+static void test_base64url(void)
+{
+    uint8_t out[16];
+    CHECK(ph_base64url_decode(S("AAMAAABk"), out) == 6);
+    CHECK(memcmp(out, "\x00\x03\x00\x00\x00\x64", 6) == 0);
+    CHECK(ph_base64url_decode(S("_-8"), out) == 2 && out[0] == 0xff && out[1] == 0xef);
+    CHECK(ph_base64url_decode(S("QQ=="), out) == 1 && out[0] == 'A'); /* padding tolerated */
+    CHECK(ph_base64url_decode(S(""), out) == 0);
+    CHECK(ph_base64url_decode(S("A"), out) == -1);    /* a lone sixth of a byte */
+    CHECK(ph_base64url_decode(S("ab+/"), out) == -1); /* base64's alphabet, not base64url's */
+    CHECK(ph_base64url_decode(S("a b="), out) == -1);
+}
+
 int main(void)
 {
+    test_base64url();
     CHECK(ph_is_token(S("Content-Type")));
     CHECK(ph_is_token(S("x!#$%&'*+-.^_`|~09")));
     CHECK(!ph_is_token(S("")));
