@@ -35,6 +35,7 @@ typedef struct {
  * module's GC support walks it as an array of them). */
 typedef struct {
     PyTypeObject *server_type, *req_type, *driver_type, *waiter_type;
+    PyTypeObject *wsgi_server_type, *wsgi_input_type, *wsgi_responder_type, *file_wrapper_type;
     PyObject *client_disconnected; /* OSError subclass raised by send() after a disconnect */
     PyObject *cancelled_error;     /* asyncio.CancelledError */
     PyObject *task_type;           /* asyncio.Task */
@@ -83,6 +84,15 @@ typedef struct {
     ph_req_t *held; /* requests an open stream holds a reference to */
     int reader_added, closed, loop_open;
 } ph_pyserver_t;
+
+/* Reads the options every server takes (limits, timeouts, HTTP/2 settings, headers, root
+ * path) into server->cfg; *extra_headers and *root_path get new references. 0, or -1 with an
+ * exception. */
+int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_headers,
+                      PyObject **root_path);
+
+/* The servers' on_conn hook: the protocol --http asks for on a new connection. */
+int ph_attach_protocol(ph_server_t *server, ph_conn_t *conn);
 
 /* Registers the bridge's types on the module; 0 or -1 with an exception. */
 int ph_asgi_init_types(PyObject *module, ph_state_t *st);

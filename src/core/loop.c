@@ -147,6 +147,15 @@ void ph_loop_cancel(ph_loop_t *loop, ph_defer_t *d)
     d->next = NULL;
 }
 
+void ph_loop_run_once(ph_loop_t *loop)
+{
+    loop->in_tick = 1;
+    uv_run(&loop->uv, loop->defer_head ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+    if (loop->defer_head)
+        run_deferred(loop);
+    loop->in_tick = 0;
+}
+
 int ph_loop_fd(ph_loop_t *loop)
 {
     return uv_backend_fd(&loop->uv);

@@ -57,6 +57,11 @@ void ph_loop_cancel(ph_loop_t *loop, ph_defer_t *d);
 
 int ph_loop_fd(ph_loop_t *loop);
 
+/* For a reactor on a thread of its own (no host loop; kick and set_timer stay NULL): waits in
+ * libuv until something happens (not at all when deferred work is queued), handles it, then runs
+ * the deferred work. The caller loops on it until it decides to stop. */
+void ph_loop_run_once(ph_loop_t *loop);
+
 /* Closes every handle still open and runs the loop until they are gone; 0 or a libuv error. */
 int ph_loop_close(ph_loop_t *loop);
 

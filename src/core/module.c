@@ -2,6 +2,7 @@
 #include "asgi.h"
 #include "h1.h"
 #include "h2.h"
+#include "wsgi.h"
 
 #include <string.h>
 
@@ -101,10 +102,80 @@ static PyObject *opt_obj(PyObject *opts, const char *key)
     return (v == NULL || v == Py_None) ? NULL : Py_NewRef(v);
 }
 
-static int on_conn(ph_server_t *server, ph_conn_t *conn)
+int ph_attach_protocol(ph_server_t *server, ph_conn_t *conn)
 {
     /* auto: HTTP/1.1, which hands over to HTTP/2 on the preface or an h2c upgrade */
     return server->cfg.http == PH_HTTP_2 ? ph_h2_attach(conn) : ph_h1_attach(conn);
+}
+
+int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_headers,
+                      PyObject **root_path)
+{
+    ph_config_t *cfg = &server->cfg;
+    double ka, hdr, bd, wr;
+    size_t line, nhdr, hdrsize, body, conc, maxconn, hw, http, h2s, h2w, h2h, h2f;
+    int sh, dh;
+    if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
+        opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
+        opt_double(opts, "timeout_request_body", 30.0, &bd) < 0 ||
+        opt_double(opts, "timeout_write", 30.0, &wr) < 0 ||
+        opt_size(opts, "limit_request_line", 8190, &line) < 0 ||
+        opt_size(opts, "limit_request_headers", 100, &nhdr) < 0 ||
+        opt_size(opts, "limit_request_header_size", 65536, &hdrsize) < 0 ||
+        opt_size(opts, "limit_request_body", 0, &body) < 0 ||
+        opt_size(opts, "limit_concurrency", 0, &conc) < 0 ||
+        opt_size(opts, "limit_max_connections", 0, &maxconn) < 0 ||
+        opt_size(opts, "write_high_water", 65536, &hw) < 0 ||
+        opt_size(opts, "http", PH_HTTP_AUTO, &http) < 0 ||
+        opt_size(opts, "h2_max_concurrent_streams", 100, &h2s) < 0 ||
+        opt_size(opts, "h2_initial_window_size", 262144, &h2w) < 0 ||
+        opt_size(opts, "h2_max_header_list_size", 0, &h2h) < 0 ||
+        opt_size(opts, "h2_max_frame_size", 16384, &h2f) < 0)
+        return -1;
+    if (http > PH_HTTP_2 || h2s > UINT32_MAX || h2w > 0x7fffffff || h2h > UINT32_MAX ||
+        h2f < 16384 || h2f > 16777215) {
+        PyErr_SetString(PyExc_ValueError, "an HTTP/2 option is out of range");
+        return -1;
+    }
+    PyObject *v = PyDict_GetItemString(opts, "server_header");
+    sh = v ? PyObject_IsTrue(v) : 1;
+    v = PyDict_GetItemString(opts, "date_header");
+    dh = v ? PyObject_IsTrue(v) : 1;
+    if (sh < 0 || dh < 0)
+        return -1;
+    cfg->timeout_keep_alive_ms = (uint64_t)(ka * 1000);
+    cfg->timeout_request_header_ms = (uint64_t)(hdr * 1000);
+    cfg->timeout_request_body_ms = (uint64_t)(bd * 1000);
+    cfg->timeout_write_ms = (uint64_t)(wr * 1000);
+    cfg->limit_request_line = line;
+    cfg->limit_request_headers = nhdr;
+    cfg->limit_request_header_size = hdrsize;
+    cfg->limit_request_body = body;
+    cfg->limit_concurrency = conc;
+    cfg->limit_max_connections = maxconn;
+    cfg->server_header = sh;
+    cfg->date_header = dh;
+    cfg->write_high_water = hw;
+    cfg->http = (int)http;
+    cfg->h2_max_concurrent_streams = (uint32_t)h2s;
+    cfg->h2_initial_window_size = (uint32_t)h2w;
+    cfg->h2_max_header_list_size = (uint32_t)h2h;
+    cfg->h2_max_frame_size = (uint32_t)h2f;
+    *extra_headers = opt_obj(opts, "extra_headers");
+    if (*extra_headers) {
+        if (!PyBytes_Check(*extra_headers)) {
+            PyErr_SetString(PyExc_TypeError, "extra_headers must be bytes");
+            return -1;
+        }
+        cfg->extra_headers = (ph_slice_t){PyBytes_AS_STRING(*extra_headers),
+                                          (size_t)PyBytes_GET_SIZE(*extra_headers)};
+    }
+    *root_path = opt_obj(opts, "root_path");
+    if (*root_path == NULL)
+        *root_path = PyUnicode_FromString("");
+    if (*root_path == NULL || !PyUnicode_Check(*root_path))
+        return -1;
+    return 0;
 }
 
 static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -133,72 +204,10 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->loop.set_timer = set_timer;
     ph_server_init(&srv->server, &srv->loop);
     srv->server.host = srv;
-    srv->server.on_conn = on_conn;
+    srv->server.on_conn = ph_attach_protocol;
     srv->server.on_stream = ph_asgi_on_stream;
 
-    ph_config_t *cfg = &srv->server.cfg;
-    double ka, hdr, bd, wr;
-    size_t line, nhdr, hdrsize, body, conc, maxconn, hw, http, h2s, h2w, h2h, h2f;
-    int sh, dh;
-    if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
-        opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
-        opt_double(opts, "timeout_request_body", 30.0, &bd) < 0 ||
-        opt_double(opts, "timeout_write", 30.0, &wr) < 0 ||
-        opt_size(opts, "limit_request_line", 8190, &line) < 0 ||
-        opt_size(opts, "limit_request_headers", 100, &nhdr) < 0 ||
-        opt_size(opts, "limit_request_header_size", 65536, &hdrsize) < 0 ||
-        opt_size(opts, "limit_request_body", 0, &body) < 0 ||
-        opt_size(opts, "limit_concurrency", 0, &conc) < 0 ||
-        opt_size(opts, "limit_max_connections", 0, &maxconn) < 0 ||
-        opt_size(opts, "write_high_water", 65536, &hw) < 0 ||
-        opt_size(opts, "http", PH_HTTP_AUTO, &http) < 0 ||
-        opt_size(opts, "h2_max_concurrent_streams", 100, &h2s) < 0 ||
-        opt_size(opts, "h2_initial_window_size", 262144, &h2w) < 0 ||
-        opt_size(opts, "h2_max_header_list_size", 0, &h2h) < 0 ||
-        opt_size(opts, "h2_max_frame_size", 16384, &h2f) < 0)
-        goto fail;
-    if (http > PH_HTTP_2 || h2s > UINT32_MAX || h2w > 0x7fffffff || h2h > UINT32_MAX ||
-        h2f < 16384 || h2f > 16777215) {
-        PyErr_SetString(PyExc_ValueError, "an HTTP/2 option is out of range");
-        goto fail;
-    }
-    PyObject *v = PyDict_GetItemString(opts, "server_header");
-    sh = v ? PyObject_IsTrue(v) : 1;
-    v = PyDict_GetItemString(opts, "date_header");
-    dh = v ? PyObject_IsTrue(v) : 1;
-    if (sh < 0 || dh < 0)
-        goto fail;
-    cfg->timeout_keep_alive_ms = (uint64_t)(ka * 1000);
-    cfg->timeout_request_header_ms = (uint64_t)(hdr * 1000);
-    cfg->timeout_request_body_ms = (uint64_t)(bd * 1000);
-    cfg->timeout_write_ms = (uint64_t)(wr * 1000);
-    cfg->limit_request_line = line;
-    cfg->limit_request_headers = nhdr;
-    cfg->limit_request_header_size = hdrsize;
-    cfg->limit_request_body = body;
-    cfg->limit_concurrency = conc;
-    cfg->limit_max_connections = maxconn;
-    cfg->server_header = sh;
-    cfg->date_header = dh;
-    cfg->write_high_water = hw;
-    cfg->http = (int)http;
-    cfg->h2_max_concurrent_streams = (uint32_t)h2s;
-    cfg->h2_initial_window_size = (uint32_t)h2w;
-    cfg->h2_max_header_list_size = (uint32_t)h2h;
-    cfg->h2_max_frame_size = (uint32_t)h2f;
-    srv->extra_headers = opt_obj(opts, "extra_headers");
-    if (srv->extra_headers) {
-        if (!PyBytes_Check(srv->extra_headers)) {
-            PyErr_SetString(PyExc_TypeError, "extra_headers must be bytes");
-            goto fail;
-        }
-        cfg->extra_headers = (ph_slice_t){PyBytes_AS_STRING(srv->extra_headers),
-                                          (size_t)PyBytes_GET_SIZE(srv->extra_headers)};
-    }
-    srv->root_path = opt_obj(opts, "root_path");
-    if (srv->root_path == NULL)
-        srv->root_path = PyUnicode_FromString("");
-    if (srv->root_path == NULL || !PyUnicode_Check(srv->root_path))
+    if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0)
         goto fail;
     srv->root_path_bytes = PyUnicode_AsUTF8String(srv->root_path);
     if (srv->root_path_bytes == NULL)
@@ -572,7 +581,7 @@ static int module_exec(PyObject *m)
     st->server_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &server_spec, NULL);
     if (st->server_type == NULL || PyModule_AddType(m, st->server_type) < 0)
         return -1;
-    if (ph_asgi_init_types(m, st) < 0)
+    if (ph_asgi_init_types(m, st) < 0 || ph_wsgi_init_types(m, st) < 0)
         return -1;
     return PyModule_AddStringConstant(m, "libuv_version", uv_version_string());
 }

@@ -36,6 +36,12 @@ typedef struct {
      * of, the Content-Length the app declared; PH_EINVAL and PH_ENOMEM leave nothing written,
      * so a first body() that fails can still be followed by another start(). */
     int (*body)(ph_stream_t *s, const char *data, size_t len, int more);
+    /* Response body from a file: len bytes of fd from offset, sent without copying them through
+     * user space where the transport can (sendfile). The stream owns fd from the call on and
+     * closes it, also when it fails. Otherwise as body(); a file shorter than len ends the
+     * exchange with an abort. NULL when the protocol cannot: the bridge reads the file and
+     * uses body(). */
+    int (*sendfile)(ph_stream_t *s, int fd, uint64_t offset, uint64_t len, int more);
     /* Ends a response whose last body() call said more=1: trailer fields (validated as in
      * start(): PH_EINVAL, nothing sent). Sent where the protocol can carry them (an HTTP/2
      * HEADERS frame; HTTP/1.1 chunked trailers when the request had `TE: trailers`), else

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from pronghorn import __version__
 from pronghorn.config import (
     HTTP_CHOICES,
+    INTERFACE_CHOICES,
     LIFESPAN_MODES,
     LOG_LEVELS,
     LOOP_CHOICES,
@@ -58,6 +59,23 @@ OPTIONS: tuple[Option, ...] = (
         "--lifespan", "lifespan", "choice", "app", "ASGI lifespan protocol", None, LIFESPAN_MODES
     ),
     Option("--loop", "loop", "choice", "app", "event loop", None, LOOP_CHOICES),
+    Option(
+        "--interface",
+        "interface",
+        "choice",
+        "app",
+        "app interface: auto = WSGI for a plain callable (environ, start_response), else ASGI",
+        None,
+        INTERFACE_CHOICES,
+    ),
+    Option(
+        "--threads",
+        "threads",
+        "value",
+        "app",
+        "WSGI: threads that run the app (default 8)",
+        "N",
+    ),
     Option(
         "--http",
         "http",

@@ -28,6 +28,11 @@ LIFESPAN_MODES = ("auto", "on", "off")
 LOOP_CHOICES = ("auto", "asyncio", "uvloop")
 #: auto: HTTP/1.1 and HTTP/2 (h2c: prior knowledge or Upgrade) on one port
 HTTP_CHOICES = ("auto", "1", "2")
+#: auto: WSGI for a plain callable, ASGI for a coroutine function or an ASGI-shaped callable
+INTERFACE_CHOICES = ("auto", "asgi", "wsgi")
+#: app threads in WSGI mode (README, WSGI: enough to overlap blocking I/O, few enough that
+#: Python threads do not spend their time handing the GIL around)
+DEFAULT_THREADS = 8
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 _INT32_MAX = 2**31 - 1
@@ -206,6 +211,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{_where(exc)}"
 
 
+def looks_like_asgi(app: Any) -> bool:
+    """The --interface auto rule: WSGI for a callable that is not a coroutine function and
+    takes exactly two required positional parameters (environ, start_response); ASGI for
+    everything else (a coroutine function, three parameters, or no signature to read)."""
+    import inspect
+
+    call = app if inspect.isroutine(app) else type(app).__call__
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
+        return True
+    try:
+        params = inspect.signature(app).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    required = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(required) != 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 @dataclass
 class Config:
     """Every server option, validated and normalised in ``__post_init__``.
@@ -225,6 +251,8 @@ class Config:
     root_path: str = ""
     lifespan: str = "auto"
     loop: str = "auto"
+    interface: str = "auto"
+    threads: int = DEFAULT_THREADS
     http: str = "auto"
     h2_max_concurrent_streams: int = 100
     h2_initial_window_size: int = 262144
@@ -262,6 +290,8 @@ class Config:
         self.lifespan = _as_choice("lifespan", self.lifespan, LIFESPAN_MODES)
         self.loop = _as_choice("loop", self.loop, LOOP_CHOICES)
         self.http = _as_choice("http", self.http, HTTP_CHOICES)
+        self.interface = _as_choice("interface", self.interface, INTERFACE_CHOICES)
+        self.threads = _as_int("threads", self.threads, 1, 1024)
         self.h2_max_concurrent_streams = _as_int(
             "h2_max_concurrent_streams", self.h2_max_concurrent_streams, 1, _INT32_MAX
         )
@@ -418,6 +448,12 @@ class Config:
             elif addr == ipaddress.ip_address(entry):
                 return True
         return False
+
+    def app_interface(self, app: Callable[..., Any]) -> str:
+        """ "asgi" or "wsgi": --interface, or for auto what the callable looks like."""
+        if self.interface != "auto":
+            return self.interface
+        return "asgi" if looks_like_asgi(app) else "wsgi"
 
     def load_app(self) -> Callable[..., Any]:
         """Import (and with ``factory``, call) the app; every failure is a ConfigError."""

@@ -12,6 +12,8 @@ import signal
 import socket
 import stat
 import sys
+import threading
+import time
 from typing import Any
 
 from . import logs
@@ -138,26 +140,10 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
-    from . import _core
-
-    loop = asyncio.get_running_loop()
-    shutdown = _Shutdown()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, shutdown.request)
-
-    state: dict = {}
-    lifespan = Lifespan(app, config.lifespan, state)
-    try:
-        await lifespan.startup()
-    except LifespanFailed as exc:
-        logger.error("Application startup failed: %s", exc)
-        for sock, _ in socks:
-            sock.close()
-        return 3
-
+def _core_options(config: Config) -> dict:
+    """What the C core's servers take (limits, timeouts, HTTP/2 settings, logging hooks)."""
     access = logs.access_log_line if config.access_log and logs.access_log_enabled() else None
-    options = {
+    return {
         "timeout_keep_alive": config.timeout_keep_alive,
         "timeout_request_header": config.timeout_request_header,
         "timeout_request_body": config.timeout_request_body,
@@ -182,6 +168,88 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
         "log_exception": _log_exception,
         "proxy": _proxy_resolver(config) if config.proxy_headers else None,
     }
+
+
+def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
+    """WSGI: the reactor on a thread of its own, the app on --threads threads; this (the main)
+    thread only waits for signals and runs the shutdown. No asyncio loop is involved."""
+    from . import _core
+
+    # Blocked before any thread starts, so every thread inherits the mask and SIGINT/SIGTERM
+    # stay pending for sigwait() here instead of landing on a thread that would ignore them.
+    signals = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    options = _core_options(config)
+    options["errors"] = sys.stderr
+    server = _core.WSGIServer(app, options)
+    threads = [
+        threading.Thread(target=server.work, name=f"pronghorn-wsgi-{i}", daemon=True)
+        for i in range(config.threads)
+    ]
+    try:
+        names = []
+        for sock, is_unix in socks:
+            names.append(_describe(config, sock, is_unix))
+            server.listen(sock.detach(), is_unix, config.backlog)
+        for t in threads:
+            t.start()
+        server.start()
+        _freeze_startup_heap()
+        for name in names:
+            logger.info("pronghorn running on %s (Press CTRL+C to quit)", name)
+        signal.sigwait(signals)
+        logger.info("Shutting down")
+        server.shutdown()
+        deadline = None
+        if config.timeout_graceful_shutdown is not None:
+            deadline = time.monotonic() + config.timeout_graceful_shutdown
+        while server.connections:
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning(
+                    "Graceful shutdown timed out with %d connection(s) open", server.connections
+                )
+                break
+            if signal.sigtimedwait(signals, 0.02) is not None:
+                break  # a second signal: stop waiting for in-flight requests
+        # Time is up: requests no thread has taken get a 503, responses cut short a reset;
+        # what is then queued still drains for a moment.
+        server.expire()
+        end = time.monotonic() + 1.0
+        while (server.connections or server.requests) and time.monotonic() < end:
+            time.sleep(0.02)
+        server.close()
+        end = time.monotonic() + 1.0
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        busy = sum(t.is_alive() for t in threads)
+        if busy:
+            logger.warning("%d app thread(s) still running at exit", busy)
+        logger.info("Finished server process [%d]", os.getpid())
+        return 0
+    finally:
+        server.close()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
+    from . import _core
+
+    loop = asyncio.get_running_loop()
+    shutdown = _Shutdown()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown.request)
+
+    state: dict = {}
+    lifespan = Lifespan(app, config.lifespan, state)
+    try:
+        await lifespan.startup()
+    except LifespanFailed as exc:
+        logger.error("Application startup failed: %s", exc)
+        for sock, _ in socks:
+            sock.close()
+        return 3
+
+    options = _core_options(config)
     server = _core.Server(app, loop, state, options)
     names = []
     for sock, is_unix in socks:
@@ -241,8 +309,18 @@ def serve(config: Config) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
     logs.configure(config.log_level, config.access_log)
     app = config.load_app()
+    interface = config.app_interface(app)
     socks = bind_sockets(config)
     logger.info("Started server process [%d]", os.getpid())
+    if interface == "wsgi":
+        logger.info(
+            "Serving a WSGI app on %d thread(s) (--interface %s)", config.threads, config.interface
+        )
+        try:
+            return _serve_wsgi(config, app, socks)
+        finally:
+            sys.stderr.flush()
+    logger.info("Serving an ASGI app (--interface %s)", config.interface)
     loop = _new_loop(config.loop)
     logger.debug("Event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     try:
