@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 typedef struct {
@@ -11,6 +12,21 @@ typedef struct {
     size_t len;
     char data[];
 } queued_write_t;
+
+/* A piece of output waiting behind a file: the file itself (fd >= 0), or bytes written after
+ * it (fd < 0). */
+typedef struct ph_seg_s {
+    struct ph_seg_s *next;
+    int fd;
+    int no_sendfile; /* sendfile refused this file: pieces are read and written instead */
+    uint64_t off, len;
+    char data[];
+} seg_t;
+
+/* Bytes of a file read into a write at a time when the socket is full (small: sendfile takes
+ * over again as soon as that write completes), or when sendfile cannot be used. */
+#define FILE_PIECE 16384
+#define FILE_PIECE_NO_SENDFILE 65536
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -42,6 +58,8 @@ int ph_conn_start(ph_conn_t *conn)
     conn->rbuf = NULL;
     conn->rstart = conn->rlen = conn->rcap = 0;
     conn->wqueued = 0;
+    conn->segs = conn->segs_tail = NULL;
+    conn->squeued = 0;
     conn->wtotal = conn->wseen = 0;
     conn->nwrites = 0;
     conn->deadline = conn->armed = 0;
@@ -203,34 +221,46 @@ static uint64_t write_check_ms(const ph_conn_t *conn)
     return ms ? ms : 1;
 }
 
+static void pump(ph_conn_t *conn);
+
+/* A write failed: the peer is gone. Reading will report it too, but a paused reader would not. */
+static void peer_gone(ph_conn_t *conn, int err)
+{
+    conn->eof = 1;
+    update_reading(conn);
+    if (conn->state == PH_CONN_OPEN)
+        conn->proto->on_eof(conn, err);
+    else
+        finish(conn);
+}
+
 static void on_written(uv_write_t *req, int status)
 {
     queued_write_t *w = (queued_write_t *)req;
     ph_conn_t *conn = w->conn;
-    size_t before = conn->wqueued;
+    size_t before = ph_conn_queued(conn);
     conn->wqueued -= w->len;
     free(w);
     if (conn->state == PH_CONN_CLOSED)
         return;
     if (status < 0) {
-        /* The peer is gone; reading will report it too, but a paused reader would not. */
-        conn->eof = 1;
-        update_reading(conn);
-        if (conn->state == PH_CONN_OPEN)
-            conn->proto->on_eof(conn, status);
-        else
-            finish(conn);
+        peer_gone(conn, status);
         return;
+    }
+    if (conn->wqueued == 0 && conn->segs) {
+        pump(conn); /* the socket took everything: a file waiting goes on */
+        if (conn->state == PH_CONN_CLOSED)
+            return;
     }
     if (conn->wqueued == 0)
         uv_timer_stop(&conn->write_timer);
     if (conn->state == PH_CONN_FLUSHING) {
-        if (conn->wqueued == 0)
+        if (conn->wqueued == 0 && conn->segs == NULL)
             ph_conn_close(conn, conn->linger); /* flushed: on to lingering or closed */
         return;
     }
     size_t hw = conn->server->cfg.write_high_water;
-    if (before > hw && conn->wqueued <= hw)
+    if (before > hw && ph_conn_queued(conn) <= hw)
         conn->proto->on_drain(conn);
 }
 
@@ -327,6 +357,26 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
         total += bufs[i].len;
     if (total == 0)
         return 0;
+    if (conn->segs) {
+        /* A file is going out: this waits behind it. */
+        seg_t *sg = malloc(sizeof(*sg) + total);
+        if (sg == NULL)
+            return PH_ENOMEM;
+        sg->next = NULL;
+        sg->fd = -1;
+        sg->no_sendfile = 0;
+        sg->off = 0;
+        sg->len = total;
+        size_t off = 0;
+        for (unsigned i = 0; i < nbufs; i++) {
+            memcpy(sg->data + off, bufs[i].base, bufs[i].len);
+            off += bufs[i].len;
+        }
+        conn->segs_tail->next = sg;
+        conn->segs_tail = sg;
+        conn->squeued += total;
+        return 0;
+    }
     ph_server_t *server = conn->server;
     if (server->corked == conn) {
         if (server->cork_len + total <= PH_CORK_SIZE) {
@@ -341,6 +391,136 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
             return PH_ECLOSED;
     }
     return write_now(conn, bufs, nbufs, total);
+}
+
+/* ---- files ---- */
+
+static void seg_pop(ph_conn_t *conn)
+{
+    seg_t *sg = conn->segs;
+    conn->segs = sg->next;
+    if (conn->segs == NULL)
+        conn->segs_tail = NULL;
+    if (sg->fd >= 0)
+        close(sg->fd);
+    free(sg);
+}
+
+static void segs_free(ph_conn_t *conn)
+{
+    while (conn->segs)
+        seg_pop(conn);
+    conn->squeued = 0;
+}
+
+/* Sends what waits in conn->segs while libuv's queue is empty: files with sendfile until the
+ * socket is full, then one piece as a queued write (its completion brings us back here). */
+static void pump(ph_conn_t *conn)
+{
+    uv_os_fd_t sock;
+    if (uv_fileno(&conn->h.handle, &sock) < 0) {
+        ph_conn_abort(conn);
+        return;
+    }
+    while (conn->segs && conn->wqueued == 0 && conn->state != PH_CONN_CLOSED) {
+        seg_t *sg = conn->segs;
+        if (sg->fd < 0) {
+            uv_buf_t b = {.base = sg->data, .len = sg->len};
+            conn->squeued -= sg->len;
+            conn->segs = sg->next; /* off the list first: write_now must not queue behind it */
+            if (conn->segs == NULL)
+                conn->segs_tail = NULL;
+            int rv = write_now(conn, &b, 1, sg->len);
+            free(sg);
+            if (rv < 0) {
+                ph_conn_abort(conn);
+                return;
+            }
+            continue;
+        }
+        if (sg->len == 0) {
+            seg_pop(conn);
+            continue;
+        }
+        if (!sg->no_sendfile) {
+            off_t off = (off_t)sg->off;
+            size_t want = sg->len > (1u << 30) ? (1u << 30) : (size_t)sg->len;
+            ssize_t n = sendfile(sock, sg->fd, &off, want);
+            if (n > 0) {
+                sg->off += (uint64_t)n;
+                sg->len -= (uint64_t)n;
+                conn->squeued -= (size_t)n;
+                conn->wtotal += (uint64_t)n; /* progress, for the write timeout */
+                conn->nwrites++;
+                continue;
+            }
+            if (n == 0) {
+                ph_conn_abort(conn); /* the file is shorter than the response said */
+                return;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
+                sg->no_sendfile = 1;
+            else if (errno != EAGAIN) {
+                peer_gone(conn, -errno);
+                return;
+            }
+        }
+        /* The socket is full (or sendfile cannot serve this file): one piece goes as a write. */
+        size_t piece = sg->no_sendfile ? FILE_PIECE_NO_SENDFILE : FILE_PIECE;
+        if (piece > sg->len)
+            piece = (size_t)sg->len;
+        char *buf = malloc(piece);
+        ssize_t got = buf ? pread(sg->fd, buf, piece, (off_t)sg->off) : -1;
+        if (got <= 0) {
+            free(buf);
+            ph_conn_abort(conn); /* unreadable, or shorter than the response said */
+            return;
+        }
+        sg->off += (uint64_t)got;
+        sg->len -= (uint64_t)got;
+        conn->squeued -= (size_t)got;
+        uv_buf_t b = {.base = buf, .len = (size_t)got};
+        int rv = write_now(conn, &b, 1, (size_t)got);
+        free(buf);
+        if (rv < 0) {
+            ph_conn_abort(conn);
+            return;
+        }
+    }
+}
+
+int ph_conn_sendfile(ph_conn_t *conn, int fd, uint64_t offset, uint64_t len)
+{
+    if (conn->state != PH_CONN_OPEN) {
+        close(fd);
+        return PH_ECLOSED;
+    }
+    ph_server_t *server = conn->server;
+    if (server->corked == conn && flush_cork(conn) < 0) { /* the head goes first */
+        close(fd);
+        return PH_ECLOSED;
+    }
+    seg_t *sg = malloc(sizeof(*sg));
+    if (sg == NULL) {
+        close(fd);
+        return PH_ENOMEM;
+    }
+    sg->next = NULL;
+    sg->fd = fd;
+    sg->no_sendfile = 0;
+    sg->off = offset;
+    sg->len = len;
+    if (conn->segs_tail)
+        conn->segs_tail->next = sg;
+    else
+        conn->segs = sg;
+    conn->segs_tail = sg;
+    conn->squeued += len;
+    if (conn->wqueued == 0 && conn->segs == sg)
+        pump(conn);
+    return 0;
 }
 
 /* Every quarter of the write timeout: did libuv write anything of the queue since? A peer that
@@ -438,7 +618,7 @@ void ph_conn_close(ph_conn_t *conn, int linger)
         update_reading(conn); /* read and drop what the peer still sends */
         ph_loop_touch(conn->server->loop);
     }
-    if (conn->state != PH_CONN_FLUSHING || conn->wqueued > 0)
+    if (conn->state != PH_CONN_FLUSHING || conn->wqueued > 0 || conn->segs)
         return; /* on_written() comes back here when the queue is empty */
     if (conn->linger && !conn->eof) {
         /* Send our FIN, keep reading (and dropping) until the peer's FIN or the linger time. */
@@ -487,6 +667,7 @@ static void finish(ph_conn_t *conn)
     if (conn->next)
         conn->next->prev = conn->prev;
     server->nconns--;
+    segs_free(conn);
     if (conn->proto)
         conn->proto->on_close(conn);
     conn->handles_open = 3;

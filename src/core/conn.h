@@ -64,7 +64,11 @@ struct ph_conn_s {
     void *proto_data;
     char *rbuf;
     size_t rstart, rlen, rcap;
-    size_t wqueued;        /* bytes handed to uv_write and not yet reported written */
+    size_t wqueued; /* bytes handed to uv_write and not yet reported written */
+    /* While a file goes out (ph_conn_sendfile), it and whatever is written after it wait here
+     * in order; squeued counts their bytes. */
+    struct ph_seg_s *segs, *segs_tail;
+    size_t squeued;
     uint64_t wtotal;       /* bytes ever handed to uv_write */
     uint64_t wseen;        /* of those, written at the last progress check */
     uint64_t wprogress_at; /* loop time (ms) of the last progress seen */
@@ -97,10 +101,18 @@ void ph_conn_resume(ph_conn_t *conn);
  * the socket failed. */
 int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs);
 
-/* Bytes queued and not yet written. */
+/* Queues len bytes of the file fd from offset behind everything written so far; conn owns fd
+ * from the call on and closes it when sent or closed. The bytes go out with sendfile(2) while
+ * the socket takes them; when it is full, the next piece is read and written as an ordinary
+ * queued write, whose completion says there is room again. A file that turns out shorter than
+ * len aborts the connection (the response could not be framed). 0, or PH_ECLOSED / PH_ENOMEM
+ * (fd closed, nothing queued). */
+int ph_conn_sendfile(ph_conn_t *conn, int fd, uint64_t offset, uint64_t len);
+
+/* Bytes queued and not yet written (a file's unsent part included). */
 static inline size_t ph_conn_queued(const ph_conn_t *conn)
 {
-    return conn->wqueued;
+    return conn->wqueued + conn->squeued;
 }
 
 /* Sets the protocol's deadline to ms from now; 0 clears it. Cheap enough to call per read:

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <llhttp.h>
 
@@ -1012,6 +1013,12 @@ static void fail(h1_t *h, int status, const char *text)
     close_conn(h, 1);
 }
 
+static void close_fd(int fd)
+{
+    if (fd >= 0)
+        close(fd);
+}
+
 #define STREAM_H1(s) ((h1_t *)((char *)(s)-offsetof(h1_t, stream)))
 
 /* The app's headers are checked and serialised; framing and connection headers are the
@@ -1157,20 +1164,29 @@ static int finish_head(h1_t *h, size_t first_len, int more)
     return rv ? PH_ENOMEM : 0;
 }
 
-static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
+/* The body of op_body() and op_sendfile(): len bytes from data, or (fd >= 0) from the file fd
+ * at offset, which is then owned here and closed on every path. */
+static int body_out(h1_t *h, const char *data, int fd, uint64_t offset, size_t len, int more)
 {
-    h1_t *h = STREAM_H1(s);
-    if (h->closed || !h->stream_open)
+    if (h->closed || !h->stream_open) {
+        close_fd(fd);
         return PH_ECLOSED;
-    if (h->resp_state != RESP_STARTED && h->resp_state != RESP_BODY)
+    }
+    if (h->resp_state != RESP_STARTED && h->resp_state != RESP_BODY) {
+        close_fd(fd);
         return PH_ESTATE;
-    if (h->resp_no_body)
+    }
+    if (h->resp_no_body) {
         len = 0; /* HEAD, 1xx, 204, 304: the app's bytes are not sent */
+        close_fd(fd);
+        fd = -1;
+    }
     if (h->resp_cl >= 0 && !h->resp_no_body) {
-        if (h->resp_sent + len > (uint64_t)h->resp_cl)
+        if (h->resp_sent + len > (uint64_t)h->resp_cl ||
+            (!more && h->resp_sent + len < (uint64_t)h->resp_cl)) {
+            close_fd(fd);
             return PH_EINVAL;
-        if (!more && h->resp_sent + len < (uint64_t)h->resp_cl)
-            return PH_EINVAL;
+        }
     }
     uv_buf_t bufs[4];
     unsigned nb = 0;
@@ -1181,6 +1197,7 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
         if (rv < 0) {
             h->olen = head_len;
             h->keep_alive = keep_alive;
+            close_fd(fd);
             return rv;
         }
         bufs[nb++] = buf_of(h->obuf, h->olen);
@@ -1201,16 +1218,20 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
         prefix[pl++] = '\n';
         bufs[nb++] = buf_of(prefix, pl);
     }
-    if (len)
-        bufs[nb++] = buf_of(data, len);
+    uv_buf_t tail;
+    tail.len = 0;
     if (h->resp_chunked) {
         if (len && more)
-            bufs[nb++] = buf_of("\r\n", 2);
+            tail = buf_of("\r\n", 2);
         else if (len && !more)
-            bufs[nb++] = buf_of("\r\n0\r\n\r\n", 7);
+            tail = buf_of("\r\n0\r\n\r\n", 7);
         else if (!more)
-            bufs[nb++] = buf_of("0\r\n\r\n", 5);
+            tail = buf_of("0\r\n\r\n", 5);
     }
+    if (len && fd < 0)
+        bufs[nb++] = buf_of(data, len);
+    if (fd < 0 && tail.len)
+        bufs[nb++] = tail;
     int rv = nb ? ph_conn_write(h->conn, bufs, nb) : 0;
     if (rv == PH_ENOMEM) {
         /* nothing was written: the exchange can still fail cleanly */
@@ -1218,10 +1239,18 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
             h->olen = head_len;
             h->keep_alive = keep_alive;
         }
+        close_fd(fd);
         return rv;
     }
+    if (rv == 0 && fd >= 0) {
+        rv = ph_conn_sendfile(h->conn, fd, offset, len); /* takes fd */
+        fd = -1;
+        if (rv == 0 && tail.len)
+            rv = ph_conn_write(h->conn, &tail, 1);
+    }
+    close_fd(fd);
     if (rv < 0) {
-        abort_conn(h); /* the socket failed: the peer is gone */
+        abort_conn(h); /* the socket failed (the peer is gone), or half a file was framed */
         return PH_ECLOSED;
     }
     h->resp_state = RESP_BODY;
@@ -1229,6 +1258,20 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
     if (!more)
         response_done(h);
     return 0;
+}
+
+static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
+{
+    return body_out(STREAM_H1(s), data, -1, 0, len, more);
+}
+
+static int op_sendfile(ph_stream_t *s, int fd, uint64_t offset, uint64_t len, int more)
+{
+    if (len > SIZE_MAX) {
+        close(fd);
+        return PH_EINVAL;
+    }
+    return body_out(STREAM_H1(s), NULL, fd, offset, (size_t)len, more);
 }
 
 /* Fields that must not travel as trailers (RFC 9110 §6.5.1): framing, routing, hop-by-hop. */
@@ -1334,6 +1377,7 @@ static size_t op_queued(ph_stream_t *s)
 static const ph_stream_ops_t h1_ops = {
     .start = op_start,
     .body = op_body,
+    .sendfile = op_sendfile,
     .trailers = op_trailers,
     .want_body = op_want_body,
     .pause_body = op_pause_body,
