@@ -1,9 +1,13 @@
 #include "asgi.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 /* The bridge buffers this much unread request body before it stops reading the socket. */
 #define BODY_HIGH_WATER 65536
@@ -585,6 +589,139 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
     return Py_NewRef(st->done);
 }
 
+/* A file as (the rest of) the body: the pathsend and zerocopysend extensions. The stream owns
+ * fd from here on. */
+static PyObject *send_file(ph_req_t *r, int fd, uint64_t off, uint64_t len, int more,
+                           const char *what)
+{
+    ph_state_t *st = r->srv->st;
+    ph_stream_t *s = r->stream;
+    if (s == NULL || r->disconnected) {
+        close(fd);
+        return raise_disconnected(r);
+    }
+    int rv = s->ops->sendfile(s, fd, off, len, more || r->want_trailers);
+    if (rv == PH_EINVAL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: the file does not match the response's "
+                     "Content-Length",
+                     what);
+        return NULL;
+    }
+    if (rv < 0)
+        return raise_for(r, rv, what);
+    r->body_started = 1;
+    r->bytes += len;
+    if (!more && r->want_trailers) {
+        r->body_complete = 1;
+    } else if (!more) {
+        response_complete(r);
+        return Py_NewRef(st->done);
+    }
+    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
+        return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
+    ph_loop_touch(&r->srv->loop);
+    return Py_NewRef(st->done);
+}
+
+static int body_allowed(ph_req_t *r, const char *what)
+{
+    if (!r->started) {
+        PyErr_Format(PyExc_RuntimeError, "%s before http.response.start", what);
+        return 0;
+    }
+    if (r->done || r->body_complete) {
+        PyErr_Format(PyExc_RuntimeError, "%s after the response completed", what);
+        return 0;
+    }
+    return 1;
+}
+
+/* http.response.pathsend: {"path": str}, the whole file. */
+static PyObject *send_pathsend(ph_req_t *r, PyObject *msg)
+{
+    const char *what = "http.response.pathsend";
+    if (!body_allowed(r, what))
+        return NULL;
+    PyObject *path = PyDict_GetItemString(msg, "path");
+    PyObject *fs = NULL;
+    if (path == NULL || !PyUnicode_FSConverter(path, &fs)) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "%s needs a 'path'", what);
+        return NULL;
+    }
+    int fd = open(PyBytes_AS_STRING(fs), O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        int err = fd < 0 ? errno : EISDIR;
+        if (fd >= 0)
+            close(fd);
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        Py_DECREF(fs);
+        return NULL;
+    }
+    Py_DECREF(fs);
+    return send_file(r, fd, 0, (uint64_t)sb.st_size, 0, what);
+}
+
+static int opt_u64(PyObject *msg, const char *key, int64_t *out)
+{
+    PyObject *v = PyDict_GetItemString(msg, key);
+    *out = -1;
+    if (v == NULL || v == Py_None)
+        return 0;
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (x < 0) {
+        PyErr_Format(PyExc_ValueError, "http.response.zerocopysend: %s must be >= 0", key);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* http.response.zerocopysend: {"file": file object or fd, "offset", "count", "more_body"}. */
+static PyObject *send_zerocopysend(ph_req_t *r, PyObject *msg)
+{
+    const char *what = "http.response.zerocopysend";
+    if (!body_allowed(r, what))
+        return NULL;
+    PyObject *file = PyDict_GetItemString(msg, "file");
+    if (file == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s needs a 'file'", what);
+        return NULL;
+    }
+    int src = PyObject_AsFileDescriptor(file);
+    if (src < 0)
+        return NULL;
+    int64_t off, count;
+    if (opt_u64(msg, "offset", &off) < 0 || opt_u64(msg, "count", &count) < 0)
+        return NULL;
+    PyObject *more_o = PyDict_GetItemString(msg, "more_body");
+    int more = more_o ? PyObject_IsTrue(more_o) : 0;
+    if (more < 0)
+        return NULL;
+    struct stat sb;
+    if (fstat(src, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        PyErr_Format(PyExc_ValueError, "%s: 'file' must be a regular file", what);
+        return NULL;
+    }
+    if (off < 0) {
+        off = lseek(src, 0, SEEK_CUR); /* from the file's position, as the extension says */
+        if (off < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    uint64_t len = sb.st_size > off ? (uint64_t)(sb.st_size - off) : 0;
+    if (count >= 0 && (uint64_t)count < len)
+        len = (uint64_t)count;
+    int fd = fcntl(src, F_DUPFD_CLOEXEC, 0); /* the app may close its file at once */
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return send_file(r, fd, (uint64_t)off, len, more, what);
+}
+
 /* http.response.trailers (the ASGI extension): gathered while more_trailers, sent at the last. */
 static PyObject *send_trailers(ph_req_t *r, PyObject *msg)
 {
@@ -676,6 +813,12 @@ static PyObject *req_send(ph_req_t *r, PyObject *msg)
         return send_start(r, msg);
     if (str_eq(type, st->v_http_response_trailers))
         return send_trailers(r, msg);
+    if (PyUnicode_Check(type) &&
+        PyUnicode_CompareWithASCIIString(type, "http.response.pathsend") == 0)
+        return send_pathsend(r, msg);
+    if (PyUnicode_Check(type) &&
+        PyUnicode_CompareWithASCIIString(type, "http.response.zerocopysend") == 0)
+        return send_zerocopysend(r, msg);
     PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for an http scope", type);
     return NULL;
 }
@@ -1528,6 +1671,13 @@ static int make_templates(ph_pyserver_t *srv)
     PyObject *opts = ext ? PyDict_New() : NULL;
     rv = opts ? PyDict_SetItem(ext, st->k_ext_response_trailers, opts) : -1;
     Py_XDECREF(opts);
+    /* Files go out with sendfile: Starlette's FileResponse uses pathsend when offered. */
+    static const char *const file_exts[] = {"http.response.pathsend", "http.response.zerocopysend"};
+    for (int i = 0; rv == 0 && i < 2; i++) {
+        opts = PyDict_New();
+        rv = opts ? PyDict_SetItemString(ext, file_exts[i], opts) : -1;
+        Py_XDECREF(opts);
+    }
     if (rv < 0)
         Py_CLEAR(ext);
     if (rv < 0) {

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <nghttp2/nghttp2.h>
 
@@ -28,6 +29,13 @@
 #define OUT_CHUNK 65536
 
 typedef struct h2_s h2_t;
+
+typedef struct h2_file_s {
+    struct h2_file_s *next;
+    int fd;
+    uint64_t off, len;
+    size_t at; /* obuf offset it follows */
+} h2_file_t;
 
 /* Header fields copied into one growing arena, kept as offsets (the arena moves as it grows). */
 typedef struct {
@@ -60,6 +68,10 @@ typedef struct h2_stream_s {
     uint64_t resp_sent;
     char *obuf; /* body bytes accepted, not yet framed */
     size_t ostart, olen, ocap;
+    /* File bodies (op_sendfile), in order: each is read straight into DATA frames once obuf
+     * is framed up to its mark; bytes accepted after it wait in obuf behind that mark. */
+    struct h2_file_s *files, *files_tail;
+    uint64_t files_len;    /* their bytes still to send */
     ph_header_t *trailers; /* what op_trailers() got, kept in tarena until framed */
     size_t ntrailers;
     char *tarena;
@@ -202,6 +214,17 @@ static void detach(h2_stream_t *st, int disconnect)
     st->stream.user = NULL;
 }
 
+static void file_pop(h2_stream_t *st)
+{
+    h2_file_t *f = st->files;
+    st->files = f->next;
+    if (st->files == NULL)
+        st->files_tail = NULL;
+    st->files_len -= f->len;
+    close(f->fd);
+    free(f);
+}
+
 static void stream_free(h2_stream_t *st)
 {
     h2_t *h = st->h2;
@@ -217,6 +240,8 @@ static void stream_free(h2_stream_t *st)
     free(st->headers);
     fields_free(&st->resp);
     free(st->obuf);
+    while (st->files)
+        file_pop(st);
     free(st->trailers);
     free(st->tarena);
     free(st);
@@ -337,13 +362,33 @@ static ssize_t read_body(nghttp2_session *ss, int32_t id, uint8_t *buf, size_t l
     (void)id;
     (void)ud;
     h2_stream_t *st = src->ptr;
-    size_t avail = st->olen - st->ostart;
-    size_t n = avail < length ? avail : length;
-    if (n == 0 && !st->body_done)
-        return NGHTTP2_ERR_DEFERRED;
-    if (n) /* (no body at all: obuf may be NULL) */
-        memcpy(buf, st->obuf + st->ostart, n);
-    st->ostart += n;
+    size_t n;
+    h2_file_t *f = st->files;
+    if (f && st->ostart == f->at) {
+        size_t want = f->len < length ? (size_t)f->len : length;
+        ssize_t got = want ? pread(f->fd, buf, want, (off_t)f->off) : 0;
+        if (got <= 0 && want)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* unreadable or short: reset */
+        n = (size_t)got;
+        f->off += n;
+        f->len -= n;
+        st->files_len -= n;
+        if (f->len == 0)
+            file_pop(st);
+        if (st->files)
+            return (ssize_t)n;
+    } else {
+        /* obuf, up to the next file's mark */
+        size_t avail = (f ? f->at : st->olen) - st->ostart;
+        n = avail < length ? avail : length;
+        if (n == 0 && !st->body_done)
+            return NGHTTP2_ERR_DEFERRED;
+        if (n) /* (no body at all: obuf may be NULL) */
+            memcpy(buf, st->obuf + st->ostart, n);
+        st->ostart += n;
+        if (f)
+            return (ssize_t)n;
+    }
     if (st->ostart == st->olen)
         st->ostart = st->olen = 0;
     if (st->olen == 0 && st->body_done) {
@@ -737,7 +782,7 @@ static void notify_drains(h2_t *h)
     h2_stream_t *st = h->streams;
     while (st && !h->closed) {
         h2_stream_t *next = st->next; /* on_drain may end the stream */
-        if (st->over && st->olen - st->ostart <= mark) {
+        if (st->over && st->olen - st->ostart + st->files_len <= mark) {
             st->over = 0;
             if (st->attached && st->stream.handler)
                 st->stream.handler->on_drain(&st->stream);
@@ -954,6 +999,54 @@ static int op_body(ph_stream_t *s, const char *data, size_t len, int more)
     return 0;
 }
 
+static int op_sendfile(ph_stream_t *s, int fd, uint64_t offset, uint64_t len, int more)
+{
+    h2_stream_t *st = STREAM_OF(s);
+    h2_t *h = st->h2;
+    if (!st->attached || h->closed || !st->started || st->body_done) {
+        close(fd);
+        return !st->attached || h->closed ? PH_ECLOSED : PH_ESTATE;
+    }
+    if (st->no_body || len == 0) {
+        close(fd);
+        return op_body(s, "", 0, more);
+    }
+    if (st->resp_cl >= 0 && (st->resp_sent + len > (uint64_t)st->resp_cl ||
+                             (!more && st->resp_sent + len < (uint64_t)st->resp_cl))) {
+        close(fd);
+        return PH_EINVAL;
+    }
+    h2_file_t *f = malloc(sizeof(*f));
+    if (f == NULL) {
+        close(fd);
+        return PH_ENOMEM;
+    }
+    if (!st->submitted) {
+        int rv = submit(st, 0);
+        if (rv < 0) {
+            close(fd);
+            free(f);
+            return rv;
+        }
+    } else {
+        nghttp2_session_resume_data(h->ss, st->id);
+    }
+    *f = (h2_file_t){.next = NULL, .fd = fd, .off = offset, .len = len, .at = st->olen};
+    if (st->files_tail)
+        st->files_tail->next = f;
+    else
+        st->files = f;
+    st->files_tail = f;
+    st->files_len += len;
+    st->resp_sent += len;
+    if (!more)
+        st->body_done = 1;
+    if (st->olen - st->ostart + st->files_len > h->server->cfg.write_high_water)
+        st->over = 1;
+    flush(h);
+    return 0;
+}
+
 static int op_trailers(ph_stream_t *s, const ph_header_t *hs, size_t n)
 {
     h2_stream_t *st = STREAM_OF(s);
@@ -1050,7 +1143,7 @@ static size_t op_queued(ph_stream_t *s)
         return 0;
     /* Above the mark the bridge waits for on_drain: the stream must be told when both its own
      * bytes and the connection's queue are back under it, whichever held it. */
-    size_t q = st->olen - st->ostart + ph_conn_queued(st->h2->conn);
+    size_t q = st->olen - st->ostart + (size_t)st->files_len + ph_conn_queued(st->h2->conn);
     if (q > st->h2->server->cfg.write_high_water)
         st->over = 1;
     return q;
@@ -1059,6 +1152,7 @@ static size_t op_queued(ph_stream_t *s)
 static const ph_stream_ops_t h2_ops = {
     .start = op_start,
     .body = op_body,
+    .sendfile = op_sendfile,
     .trailers = op_trailers,
     .want_body = op_want_body,
     .pause_body = op_pause_body,
