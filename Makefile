@@ -12,7 +12,7 @@ PORT   ?= 8000
 # clang's libFuzzer and sanitizer runtimes (`make fuzz`): only a Recommends of clang, so
 # --no-install-recommends leaves it out unless it is named here.
 DEB_PACKAGES := libuv1-dev node-llhttp libnghttp2-dev libssl-dev zlib1g-dev pkg-config \
-	curl nghttp2-client netcat-openbsd wrk clang clang-format libclang-rt-14-dev gcc \
+	curl nghttp2-client netcat-openbsd wrk clang clang-format libclang-rt-14-dev gcc libtsan2 \
 	python3-dev python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -27,7 +27,7 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 BUILD_INPUTS := pyproject.toml meson.build $(wildcard meson.options meson_options.txt)
 
-.PHONY: all build serve test lint clean distclean test-asan fuzz soak leak-check h2spec
+.PHONY: all build serve test lint clean distclean test-asan test-tsan fuzz soak leak-check h2spec
 
 all: build
 
@@ -126,6 +126,14 @@ test-asan: $(ASAN_STAMP) $(H2SPEC)
 		$(BIN)/meson test -C build-ctest-asan --print-errorlogs
 	$(ASAN_ENV) $(ASAN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
+# The C unit tests under ThreadSanitizer: the WSGI hand-off (tests/c/test_workq.c) from many
+# threads at once.
+test-tsan: $(DEPS_STAMP)
+	[ -f build-ctest-tsan/build.ninja ] || { rm -rf build-ctest-tsan; $(BIN)/meson setup \
+		build-ctest-tsan -Dunit_tests=true -Db_sanitize=thread -Dbuildtype=debugoptimized; }
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+		$(BIN)/meson test -C build-ctest-tsan --print-errorlogs
+
 # ---- soak and leaks ------------------------------------------------------------------------
 # ~1,000,000 mixed requests (keep-alive, pipelined, uploads, aborted uploads, resets, malformed):
 # fails if RSS grows by more than a few MiB. leak-check runs a shorter mix against the ASan
@@ -215,7 +223,7 @@ bench-smoke: build
 
 # Build output only; `distclean` also drops the venv.
 clean:
-	rm -rf build build-ctest build-ctest-asan build-asan build-fuzz $(BUILD_STAMP) $(ASAN_STAMP) .pytest_cache .ruff_cache
+	rm -rf build build-ctest build-ctest-asan build-ctest-tsan build-asan build-fuzz $(BUILD_STAMP) $(ASAN_STAMP) .pytest_cache .ruff_cache
 	find . \( -path ./$(VENV) -o -path ./bench/.venv -o -path ./.git \) -prune -o \
 		-name __pycache__ -type d -exec rm -rf {} +
 
