@@ -66,6 +66,9 @@ typedef struct {
     size_t ops_bytes; /* body bytes posted, not yet handed to the stream */
     size_t queued;    /* the stream's queued() when the reactor last looked */
     int failed;       /* a stream op refused what the app sent (PH_EINVAL ...) */
+    /* Set by the reactor before it queues the request again, to have a thread log the refusal
+     * (the reactor has no GIL); the queue's lock orders it before the thread reads it. */
+    int report;
     unsigned body_end : 1, gone : 1, paused : 1, asked : 1, want : 1, dispatched : 1, responded : 1;
     /* head: immutable once handed over */
     ph_request_t req;
@@ -396,6 +399,12 @@ static void handle_req(wsgi_server_t *srv, wreq_t *r)
         r->responded = 1;
     uv_cond_signal(&r->cond);
     uv_mutex_unlock(&srv->mu);
+    if (failed) {
+        r->report = failed; /* a thread logs it: the thread that ran the app is done with work */
+        req_ref(r);
+        if (ph_workq_push(&srv->q, &r->work) < 0)
+            req_unref(r);
+    }
 }
 
 static void handle_ctl(wsgi_server_t *srv)
@@ -1426,11 +1435,14 @@ static int send_result(responder_t *rs, PyObject *result)
             return rv;
         }
     }
+    /* A file wrapper stops at the Content-Length the app declared (PEP 3333: the file may be
+     * longer); any other iterable that runs past it is refused by the protocol. */
+    int64_t left = Py_IS_TYPE(result, st->file_wrapper_type) ? rs->content_length : -1;
     PyObject *it = PyObject_GetIter(result);
     if (it == NULL)
         return -1;
     PyObject *item;
-    while ((item = PyIter_Next(it)) != NULL) {
+    while (left != 0 && (item = PyIter_Next(it)) != NULL) {
         if (!PyBytes_Check(item)) {
             PyErr_Format(PyExc_TypeError, "the response iterable yielded %.100s, not bytes",
                          Py_TYPE(item)->tp_name);
@@ -1438,9 +1450,12 @@ static int send_result(responder_t *rs, PyObject *result)
             Py_DECREF(it);
             return -1;
         }
-        int rv = PyBytes_GET_SIZE(item)
-                     ? send_part(rs, PyBytes_AS_STRING(item), (size_t)PyBytes_GET_SIZE(item), 1)
-                     : 0;
+        size_t n = (size_t)PyBytes_GET_SIZE(item);
+        if (left >= 0 && (int64_t)n > left)
+            n = (size_t)left;
+        if (left >= 0)
+            left -= (int64_t)n;
+        int rv = n ? send_part(rs, PyBytes_AS_STRING(item), n, 1) : 0;
         Py_DECREF(item);
         if (rv < 0) {
             Py_DECREF(it);
@@ -1526,17 +1541,6 @@ static void run_request(wsgi_server_t *srv, wreq_t *r)
                           exc);
         if (!rs->ended)
             fail_response(rs);
-    } else {
-        uv_mutex_lock(&srv->mu);
-        int refused = r->failed;
-        uv_mutex_unlock(&srv->mu);
-        if (refused)
-            log_exception(srv,
-                          refused == PH_EINVAL
-                              ? "WSGI response refused: its body does not match its "
-                                "Content-Length, or its headers are invalid"
-                              : "WSGI response could not be sent",
-                          NULL);
     }
     Py_XDECREF(exc);
     if (rs->status == 0)
@@ -1576,7 +1580,15 @@ static PyObject *wsrv_work(wsgi_server_t *srv, PyObject *unused)
         Py_BEGIN_ALLOW_THREADS w = ph_workq_pop(&srv->q);
         Py_END_ALLOW_THREADS if (w == NULL) break;
         wreq_t *r = REQ_OF(w, work);
-        run_request(srv, r);
+        if (r->report)
+            log_exception(srv,
+                          r->report == PH_EINVAL
+                              ? "WSGI response refused: its body does not match its "
+                                "Content-Length, or its headers are invalid"
+                              : "WSGI response could not be sent",
+                          NULL);
+        else
+            run_request(srv, r);
         req_unref(r);
         if (PyErr_Occurred())
             PyErr_WriteUnraisable(NULL);
