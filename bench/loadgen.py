@@ -76,6 +76,7 @@ def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0):
     lat = raw["latency_us"]
     return {
         "rps": raw["requests"] / secs if secs else 0.0,
+        "bytes_per_s": raw["bytes"] / secs if secs else 0.0,  # headers and bodies read
         "requests": raw["requests"],
         "errors": raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
         "non2xx": raw["status"],

@@ -61,7 +61,13 @@ def describe_sample(sc, label, r):
             f"{r['rss_after_kib'] / 1024:.1f} MiB, {r['conns']} conns in "
             f"{r['connect_seconds']:.1f}s){flag}"
         )
+    if sc.transfer and r.get("bytes_per_s") is not None:
+        return f"{head} {r['rps']:,.0f} req/s, {_mib(r['bytes_per_s'])} MiB/s{flag}"
     return f"{head} {r['rps']:,.0f} req/s{flag}"
+
+
+def _mib(bytes_per_s):
+    return f"{bytes_per_s / 2**20:,.0f}"
 
 
 def _ms(v):
@@ -80,7 +86,7 @@ def build(meta, scenarios, servers, samples, notes):
     for sc in scenarios:
         rows = []
         for s in servers:
-            if s.kind not in sc.kinds:
+            if not sc.has_row(s):
                 continue
             got = samples[sc.key][s.id]
             if sc.metric == "rss":
@@ -101,6 +107,10 @@ def build(meta, scenarios, servers, samples, notes):
                 row["status"] = "ok"
                 row["value"] = _stats([x["value"] for x in valid])
                 row["rps"] = _stats([x["rps"] for x in valid if "rps" in x])
+                if sc.transfer:
+                    row["transfer"] = _stats(
+                        [x["bytes_per_s"] for x in valid if "bytes_per_s" in x]
+                    )
                 if sc.metric == "latency":
                     for k in ("p50_ms", "p99_ms", "p999_ms"):
                         row[k] = _stats([x[k] for x in valid if x.get(k) is not None])
@@ -108,6 +118,9 @@ def build(meta, scenarios, servers, samples, notes):
                 if sc.metric == "rss":
                     row["rss_before_kib"] = _stats([x["rss_before_kib"] for x in valid])
                     row["rss_after_kib"] = _stats([x["rss_after_kib"] for x in valid])
+            seen = [x["pathsend"] for x in got if "pathsend" in x]
+            if seen:  # the file scenario: did the app see http.response.pathsend?
+                row["pathsend"] = seen[-1]
             rows.append(row)
         entry = asdict(sc)
         entry.update(unit=UNITS[sc.metric], tool=TOOLS[sc.tool], rows=rows)
@@ -309,6 +322,14 @@ def markdown(results, charts_rel=()):
             tool = f"{paced[0]}: oha not installed, closed loop, latency not corrected"
         lines += ["", f"## {sc['number']} · {sc['title']}", "", f"Load: {tool}.", ""]
         lines += _table(sc)
+        pathsend = [f"{r['server']} {'yes' if r['pathsend'] else 'no'}" for r in sc["rows"]
+                    if "pathsend" in r]  # fmt: skip
+        if pathsend:
+            lines += [
+                "",
+                "Scope advertised `http.response.pathsend` (FileResponse then hands the server "
+                "the path; else it streams 64 KiB chunks): " + ", ".join(pathsend) + ".",
+            ]
         flags = []
         for r in sc["rows"]:
             flags += [f"- flagged, not counted: {r['server']} {f}" for f in r["flags"]
@@ -340,8 +361,17 @@ def _targets_table(results):
 def _table(sc):
     metric = sc["metric"]
     ceiling = "nginx" + (f" (scenario {sc['ceiling']})" if sc["ceiling"] else "")
+    transfer = sc.get("transfer")
+    # no nginx row to compare with (2c's file, 6d's sleep): no column
+    has_ceiling = "nginx" in sc["kinds"] or sc["ceiling"]
     if metric == "rps":
-        head = f"| server | req/s | min–max | pronghorn ÷ this | this ÷ {ceiling} | valid runs |"
+        head = (
+            "| server | req/s | min–max | "
+            + ("MiB/s (read by wrk) | " if transfer else "")
+            + "pronghorn ÷ this | "
+            + (f"this ÷ {ceiling} | " if has_ceiling else "")
+            + "valid runs |"
+        )
     elif metric == "latency":
         head = (
             "| server | p50 ms | p99 ms | p99.9 ms | achieved req/s | p99 ÷ pronghorn's "
@@ -366,8 +396,9 @@ def _table(sc):
             cells = [
                 _fmt(st["median"], metric),
                 _spread(st, metric),
+                *([_mib(_median(r, "transfer")) if r.get("transfer") else "—"] if transfer else []),
                 _x(r.get("pronghorn_over_this")) if not r["id"].startswith("pronghorn") else "",
-                _x(r.get("this_over_nginx")),
+                *([_x(r.get("this_over_nginx"))] if has_ceiling else []),
                 runs,
             ]
         elif metric == "latency":
@@ -519,12 +550,11 @@ def readme_section(results, charts=(), history_chart=None, charts_dir="bench/res
     """The figures of the README's Performance section: one table of medians (scenarios ×
     servers), the targets, the history chart and the scenario charts."""
     meta = results["meta"]
-    labels = []
+    labels = []  # one column per server label: a WSGI row's pronghorn is pronghorn's column
     for sc in results["scenarios"]:
         for r in sc["rows"]:
-            if r["id"].endswith("-wsgi") or r["server"] in labels:
-                continue
-            labels.append(r["server"])
+            if r["server"] not in labels:
+                labels.append(r["server"])
     s = meta["settings"]
     lines = [
         README_BEGIN,
@@ -539,9 +569,7 @@ def readme_section(results, charts=(), history_chart=None, charts_dir="bench/res
         "|---|" + "---|" * len(labels),
     ]
     for sc in results["scenarios"]:
-        if list(sc["kinds"]) == ["wsgi"]:
-            continue
-        rows = {r["server"]: r for r in sc["rows"] if not r["id"].endswith("-wsgi")}
+        rows = {r["server"]: r for r in sc["rows"]}
         metric = sc["metric"]
         unit = {"rps": "req/s", "latency": "p99 ms", "rss": "KiB/conn"}[metric]
         values = {k: _median(r) for k, r in rows.items() if r["status"] == "ok"}

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,8 +30,10 @@ import loadgen
 import quiet
 import report
 import servers
+from apps.bodies import FILE_1M_ENV, FILE_1M_SIZE, file_1m_bytes
 from servers import (
     ROOT,
+    SLEEP_THREADS,
     Running,
     all_servers,
     pronghorn_source_fingerprint,
@@ -55,6 +58,18 @@ class Scenario:
     streams: int = 1
     needs: str | None = None  # a feature the server must have ("echo", "sleep", "h2", "wsgi")
     ceiling: str | None = None  # scenario whose nginx row is this one's ceiling, if not its own
+    peers: tuple | None = None  # the only peers (server ids) with a row; pronghorn's always
+    transfer: bool = False  # the table shows the transfer rate (MiB/s) as well
+    file_size: int = 0  # the path serves the file made at start ($BENCH_FILE_1M): its size
+    # seconds between the warm-up and the measurement, for the requests the warm-up left queued
+    # to drain (a server finishes them after wrk has hung up)
+    settle: float = 0
+
+    def has_row(self, server):
+        """Whether the server gets a row in this scenario's table."""
+        if server.kind not in self.kinds:
+            return False
+        return self.peers is None or server.id.startswith("pronghorn") or server.id in self.peers
 
 
 ASGI = ("asgi", "nginx")
@@ -67,6 +82,10 @@ SCENARIOS = [
     Scenario(
         "echo10k", "2b", "ASGI POST echo of 10 KB, 64 conns", ASGI, "wrk", "rps",
         path="/echo", method="POST", body=10240, needs="echo",
+    ),
+    Scenario(
+        "file1m", "2c", "1 MiB file, Starlette FileResponse, 64 conns", ("asgi",), "wrk", "rps",
+        path="/file1m", peers=("granian", "uvicorn"), transfer=True, file_size=FILE_1M_SIZE,
     ),
     Scenario(
         "sleep10ms", "3", "ASGI sleep 10 ms, 512 conns", ASGI, "wrk", "rps",
@@ -89,6 +108,14 @@ SCENARIOS = [
         needs="wsgi", ceiling="hello",
     ),
     Scenario(
+        "wsgi_sleep100", "6d",
+        f"WSGI sleep 100 ms, 256 conns, {SLEEP_THREADS} threads (at most "
+        f"{int(SLEEP_THREADS) * 10} req/s)",
+        ("wsgi",), "wrk", "rps", path="/sleep100", conns=256, needs="wsgi",
+        # the warm-up leaves up to 256 - 32 requests queued: 0.7 s of work at 32 threads
+        settle=1.5,
+    ),
+    Scenario(
         "h2_hello", "6b", "HTTP/2 (h2c) hello, 64 conns × 1 stream", ASGI, "h2load", "rps",
         needs="h2",
     ),
@@ -98,11 +125,13 @@ SCENARIOS = [
     ),
 ]  # fmt: skip
 
-# What runs first on a fresh server: idle_rss wants a warmed-up but unfragmented process, and
-# the 10k-connection storm goes last.
+# What runs first on a fresh server: idle_rss wants a warmed-up but unfragmented process, the
+# 1 MiB file (and the megabytes of buffers it may leave) comes after the latency rows, and the
+# 10k-connection storm goes last. wsgi_sleep100 runs on an instance of its own (more threads).
 RUN_ORDER = [
     "idle_rss", "hello", "pipelined", "body10k", "echo10k", "sleep10ms", "wsgi_hello",
-    "rate5k", "rate20k", "rate40k", "h2_hello", "h2_streams", "conns10k",
+    "wsgi_sleep100", "rate5k", "rate20k", "rate40k", "file1m", "h2_hello", "h2_streams",
+    "conns10k",
 ]  # fmt: skip
 
 # The h2 rows of a server that should speak h2c but does not answer h2load's prior-knowledge
@@ -234,7 +263,7 @@ class Bench:
 
     def applies(self, sc, server):
         """None if the scenario runs on the server, else why not (shown in its row)."""
-        if server.kind not in sc.kinds:
+        if not sc.has_row(server):
             return "skip"
         if sc.needs and sc.needs not in server.features:
             if sc.needs == "h2" and "h2?" in server.features:
@@ -256,6 +285,7 @@ class Bench:
             args = dict(depth=sc.depth, method=sc.method, body=sc.body)
             secs = cfg["seconds"] + (2 if sc.conns == 10000 else 0)  # connecting takes a while
             loadgen.wrk(url, conns, cfg["warmup"], **args)
+            time.sleep(sc.settle)
             return loadgen.wrk(url, conns, secs, **args)
         if sc.tool == "h2load":
             return loadgen.h2load(url, sc.conns, sc.streams, cfg["seconds"], cfg["warmup"])
@@ -303,19 +333,21 @@ class Bench:
                 todo[sc.key] = sc
         if not todo:
             return
-        ordered = [todo[k] for k in RUN_ORDER if k in todo]
-        # a server with an h2 command line of its own (granian --http 2) serves its h2 rows
-        # from a second instance, started once the first has stopped
-        instances = [(ordered, False)]
-        if server.h2_argv:
-            h1 = [sc for sc in ordered if sc.needs != "h2"]
-            h2 = [sc for sc in ordered if sc.needs == "h2"]
-            instances = [(h1, False), (h2, True)]
-        for scenarios, h2_instance in instances:
-            if scenarios:
-                self._serve(server, rnd, scenarios, h2_instance)
+        # One instance per command line, each started once the one before has stopped: a
+        # server with an h2 command line of its own (granian --http 2) serves its h2 rows from
+        # a second instance, and a scenario with options of its own (Server.scenario_args,
+        # e.g. 32 threads) gets an instance with them.
+        instances = {}
+        for key in RUN_ORDER:
+            if key in todo:
+                sc = todo[key]
+                h2_instance = bool(server.h2_argv) and sc.needs == "h2"
+                extra = tuple(server.scenario_args.get(key, ()))
+                instances.setdefault((h2_instance, extra), []).append(sc)
+        for (h2_instance, extra), scenarios in instances.items():
+            self._serve(server, rnd, scenarios, h2_instance, extra)
 
-    def _serve(self, server, rnd, ordered, h2_instance):
+    def _serve(self, server, rnd, ordered, h2_instance, extra=()):
         if server.is_pronghorn and self.source_fp:
             fp = pronghorn_source_fingerprint()
             if fp not in self.sources_seen:
@@ -324,7 +356,7 @@ class Bench:
                     log("  !! pronghorn's source changed since the run started (an edit or a "
                         "commit): its rows now mix builds")  # fmt: skip
         t0 = time.monotonic()
-        run = Running(server, self.log_dir, h2_instance=h2_instance)
+        run = Running(server, self.log_dir, h2_instance=h2_instance, extra=extra)
         h2_ok = True
         try:
             if h2_instance:
@@ -341,7 +373,14 @@ class Bench:
                 if sc.needs == "h2" and not h2_ok:
                     self.notes[sc.key][server.id] = NO_H2C
                     continue
-                self._one(sc, server, run, rnd)
+                tags = {}
+                if sc.file_size:
+                    wrong, tags = self._check_file(sc, run)
+                    if wrong:
+                        log(f"  !! {server.id}: {sc.path}: {wrong}")
+                        self._record(sc, server, rnd, {"failed": wrong})
+                        continue
+                self._one(sc, server, run, rnd, tags)
         except RuntimeError as e:  # the server did not start or died: every row says so
             log(f"  !! {server.id}: {e}")
             for sc in ordered:
@@ -366,7 +405,20 @@ class Bench:
             log(f"  !! {server.id}: {NO_H2C}")
         return ok
 
-    def _one(self, sc, server, run, rnd):
+    def _check_file(self, sc, run):
+        """(what is wrong or None, tags for the samples): one GET of the file's path must
+        answer its exact bytes; the tags record whether the app saw the pathsend extension."""
+        try:
+            with urllib.request.urlopen(run.url(sc.path), timeout=10) as r:
+                body = r.read()
+                pathsend = r.headers.get("x-bench-pathsend")
+        except OSError as e:
+            return f"GET failed: {e}", {}
+        if body != self.file_bytes:
+            return f"wrong body: {len(body)} bytes, not the file's {len(self.file_bytes)}", {}
+        return None, {"pathsend": pathsend == "yes"}
+
+    def _one(self, sc, server, run, rnd, tags=None):
         """Measure; a measurement that other processes disturbed is kept (flagged) and
         repeated, up to RETRIES times, once the machine is quiet again."""
         for attempt in range(RETRIES + 1):
@@ -379,6 +431,7 @@ class Bench:
                 except loadgen.ToolError as e:
                     result = {"failed": str(e)}
             result["elapsed_s"] = round(time.monotonic() - t0, 1)
+            result.update(tags or {})
             result["foreign_cpu"] = round(watch.foreign, 3)
             result["steal_cpu"] = round(watch.steal, 3)
             if watch.top:
@@ -433,13 +486,31 @@ class Bench:
         self.retry_seconds = 0.0
         self.retries = 0
         load = os.getloadavg()
-        for rnd in range(1, self.cfg["rounds"] + 1):
-            order = self.servers if rnd % 2 else list(reversed(self.servers))
-            log(f"round {rnd}/{self.cfg['rounds']}: " + " ".join(s.id for s in order))
-            for server in order:
-                self.serve(server, rnd)
+        files = self._make_file()
+        try:
+            for rnd in range(1, self.cfg["rounds"] + 1):
+                order = self.servers if rnd % 2 else list(reversed(self.servers))
+                log(f"round {rnd}/{self.cfg['rounds']}: " + " ".join(s.id for s in order))
+                for server in order:
+                    self.serve(server, rnd)
+        finally:
+            if files:
+                shutil.rmtree(files, ignore_errors=True)
         meta = self.meta(started, load)
         return report.build(meta, self.scenarios, self.servers, self.samples, self.notes)
+
+    def _make_file(self):
+        """The file scenario 2c serves, in a temporary directory the servers learn through
+        $BENCH_FILE_1M (they inherit the environment); the directory, or None."""
+        self.file_bytes = b""
+        if not any(sc.file_size for sc in self.scenarios):
+            return None
+        self.file_bytes = file_1m_bytes()
+        files = Path(tempfile.mkdtemp(prefix="bench-files-"))
+        path = files / "1m.bin"
+        path.write_bytes(self.file_bytes)
+        os.environ[FILE_1M_ENV] = str(path)
+        return files
 
     def meta(self, started, load):
         tools = {t: loadgen.tool_version(t) for t in ("wrk", "h2load", "oha")}
@@ -476,6 +547,12 @@ class Bench:
                 **{
                     f"{s.id} (h2 rows)": command_line(s, h2=True) for s in self.servers if s.h2_argv
                 },
+                **{
+                    f"{s.id} ({key})": command_line(s, extra=extra)
+                    for s in self.servers
+                    for key, extra in s.scenario_args.items()
+                    if any(sc.key == key for sc in self.scenarios)
+                },
             },
             "scenarios": [asdict(sc) for sc in self.scenarios],
         }
@@ -484,7 +561,10 @@ class Bench:
 def rebuild(results):
     """Recompute a results document from its own samples (after a change to report.py)."""
     meta = results["meta"]
-    scenarios = [Scenario(**{**d, "kinds": tuple(d["kinds"])}) for d in meta["scenarios"]]
+    scenarios = [
+        Scenario(**{**d, "kinds": tuple(d["kinds"]), "peers": d.get("peers") and tuple(d["peers"])})
+        for d in meta["scenarios"]
+    ]
     ids = {r["id"] for sc in results["scenarios"] for r in sc["rows"]}
     servers = [s for s in all_servers() if s.id in ids]
     samples = {sc.key: {s.id: [] for s in servers} for sc in scenarios}
@@ -497,11 +577,13 @@ def rebuild(results):
     return report.build(meta, scenarios, servers, samples, notes)
 
 
-def command_line(server, h2=False):
+def command_line(server, h2=False, extra=()):
     """The server's command line as recorded in the results, without this machine's paths."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-argv-"))
     try:
-        argv = (server.h2_argv if h2 else server.argv)(8000, 8001, scratch)
+        argv = servers.with_args(
+            (server.h2_argv if h2 else server.argv)(8000, 8001, scratch), extra
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     argv[0] = Path(argv[0]).name

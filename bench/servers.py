@@ -42,6 +42,11 @@ PRONGHORN_FEATURES: dict[str, bool | None] = {"h2": None, "wsgi": None}
 # The command line pronghorn is expected to take for a WSGI app once it has one.
 PRONGHORN_WSGI_ARGS = ["--interface", "wsgi"]
 
+# Scenario 6d (a WSGI app blocking 100 ms per request, 256 connections): every WSGI server
+# gets this many threads for its app (pronghorn --threads, granian --blocking-threads,
+# gunicorn gthread --threads, pyvoy --worker-threads), so at most 320 req/s.
+SLEEP_THREADS = "32"
+
 
 @dataclass
 class Server:
@@ -55,9 +60,26 @@ class Server:
     h2_argv: object = None
     features: set = field(default_factory=set)  # "echo", "sleep", "h2"
     lacks: dict = field(default_factory=dict)  # feature -> why the row is empty
+    # scenario key -> options ("--flag", "value", ...) for that scenario alone: the scenario
+    # runs on an instance of its own whose command line has them (with_args)
+    scenario_args: dict = field(default_factory=dict)
     version: object = None  # callable() -> str
     is_pronghorn: bool = False
     default: bool = True  # in a run that does not name its servers
+
+
+def with_args(argv, extra):
+    """argv with the options in extra ("--flag", "value" pairs): a flag already there takes the
+    new value, a new one goes before any "--" (after which the arguments are another
+    program's, e.g. Envoy's under pyvoy) or at the end."""
+    argv = list(argv)
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            at = argv.index("--") if "--" in argv else len(argv)
+            argv[at:at] = [flag, value]
+    return argv
 
 
 def _peer(name):
@@ -269,6 +291,7 @@ def all_servers():
             "pronghorn-wsgi", "pronghorn", "wsgi",
             pronghorn_argv("wsgi_app:app", PRONGHORN_WSGI_ARGS),
             lacks={"wsgi": "not yet"}, version=_pronghorn_version, is_pronghorn=True,
+            scenario_args={"wsgi_sleep100": ("--threads", SLEEP_THREADS)},
         ),
         Server(
             "granian-wsgi", "granian", "wsgi",
@@ -279,6 +302,7 @@ def all_servers():
                 "--no-access-log", "--log-level", "warning", "--backlog", BACKLOG,
             ],
             features={"wsgi"}, version=granian_v,
+            scenario_args={"wsgi_sleep100": ("--blocking-threads", SLEEP_THREADS)},
         ),
         Server(
             "pyvoy-wsgi", "pyvoy", "wsgi",
@@ -288,6 +312,8 @@ def all_servers():
                 "--", "--concurrency", "1",
             ],
             features={"wsgi"}, version=pyvoy_v,
+            # its WSGI default is 200 worker threads
+            scenario_args={"wsgi_sleep100": ("--worker-threads", SLEEP_THREADS)},
         ),
         Server(
             "gunicorn-wsgi", "gunicorn", "wsgi",
@@ -297,6 +323,7 @@ def all_servers():
                 "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
             ],
             features={"wsgi"}, version=gunicorn_v,
+            scenario_args={"wsgi_sleep100": ("--threads", SLEEP_THREADS)},
         ),
     ]  # fmt: skip
 
@@ -334,9 +361,10 @@ def free_port():
 
 class Running:
     """A started server: its process group, ports, log and scratch directory. h2_instance:
-    the server's second instance, for its h2 rows (Server.h2_argv)."""
+    the server's second instance, for its h2 rows (Server.h2_argv); extra: options for one
+    scenario's instance (Server.scenario_args)."""
 
-    def __init__(self, server, log_dir, h2_instance=False):
+    def __init__(self, server, log_dir, h2_instance=False, extra=()):
         self.server = server
         self.port = free_port()
         self.h2_port = free_port() if server.kind == "nginx" else self.port
@@ -344,7 +372,8 @@ class Running:
         self.workdir.chmod(0o755)  # nginx's worker runs as nobody and serves files from it
         self.log_path = Path(log_dir) / f"{server.id}.log"
         make_argv = server.h2_argv if h2_instance else server.argv
-        argv = ["taskset", "-c", SERVER_CPU, *make_argv(self.port, self.h2_port, self.workdir)]
+        argv = with_args(make_argv(self.port, self.h2_port, self.workdir), extra)
+        argv = ["taskset", "-c", SERVER_CPU, *argv]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(APPS)
         env.pop("VIRTUAL_ENV", None)

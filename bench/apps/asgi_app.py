@@ -5,8 +5,11 @@ Routes (anything else is 404):
   GET  /10k     10,240-byte body
   POST /echo    the request body, echoed back
   GET  /sleep   "Hello, world!" after ``asyncio.sleep(0.01)``
+  GET  /file1m  a 1 MiB file through Starlette's FileResponse (starlette_app.py, imported on
+                the first such request, so the scenarios that run before it never load it)
 
-Plain ASGI 3 with no framework, so the figures measure the server and not the app.
+Plain ASGI 3 with no framework, so the figures measure the server and not the app (except
+/file1m, whose point is Starlette's FileResponse).
 """
 
 import asyncio
@@ -35,6 +38,14 @@ NOT_FOUND_START = {
     "headers": [(b"content-length", b"0")],
 }
 EMPTY_BODY = {"type": "http.response.body", "body": b""}
+_starlette_app = None
+
+
+def _file_app():
+    global _starlette_app
+    if _starlette_app is None:
+        from starlette_app import app as _starlette_app
+    return _starlette_app
 
 
 async def app(scope, receive, send):
@@ -60,6 +71,8 @@ async def app(scope, receive, send):
             await asyncio.sleep(0.01)
             await send(HELLO_START)
             await send(HELLO_BODY)
+        elif path == "/file1m":
+            await _file_app()(scope, receive, send)
         else:
             await send(NOT_FOUND_START)
             await send(EMPTY_BODY)
