@@ -140,9 +140,11 @@ test-tsan: $(DEPS_STAMP)
 # build with LeakSanitizer and fails on any leak allocated through our C.
 soak: build
 	$(BIN)/python tests/soak.py --requests 1000000
+	$(BIN)/python tests/soak.py --requests 600000 --app wsgi_app:app --warmup-rounds 1
 
 leak-check: $(ASAN_STAMP)
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check
+	$(BIN)/python tests/soak.py --requests 20000 --leak-check --app wsgi_app:app
 
 # ---- fuzzing ----------------------------------------------------------------------------------
 # libFuzzer targets (clang); `make fuzz FUZZ_SECONDS=60` runs each for that long from the seed
