@@ -1104,3 +1104,20 @@ def test_idle_server_uses_no_cpu(server):
     before = cpu_seconds(srv.pid)
     time.sleep(2.0)
     assert cpu_seconds(srv.pid) - before <= 0.02
+
+
+def test_input_kept_past_its_request_never_blocks(wsgi):
+    """An app that keeps wsgi.input after answering (without reading the body) and reads it
+    later gets an end or ClientDisconnected, not a thread blocked for good."""
+    tok = token()
+    with RawConn(wsgi.port) as conn:
+        conn.send(
+            f"POST /stash-input?token={tok} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {1 << 20}\r\n\r\n".encode()
+            + b"z" * (100 << 10)
+        )
+        assert conn.read_response().body == b"stashed"
+    t0 = time.monotonic()
+    body = httpx.get(f"{wsgi.url}/read-stashed", params={"token": tok}, timeout=10).text
+    assert time.monotonic() - t0 < 5
+    assert body.startswith(("read:", "error:")), body

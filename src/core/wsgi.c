@@ -58,6 +58,7 @@ typedef struct {
     wsgi_server_t *srv;
     atomic_int refs;     /* the stream's, the app thread's, its Python objects', a posting's */
     ph_stream_t *stream; /* reactor only; NULL once released */
+    int ending;          /* reactor only: the last part is being handed to the stream */
     uv_cond_t cond;      /* the app thread waits here for body or room */
     /* shared */
     chunk_t *body_head, *body_tail;
@@ -69,7 +70,10 @@ typedef struct {
     /* Set by the reactor before it queues the request again, to have a thread log the refusal
      * (the reactor has no GIL); the queue's lock orders it before the thread reads it. */
     int report;
-    unsigned body_end : 1, gone : 1, paused : 1, asked : 1, want : 1, dispatched : 1, responded : 1;
+    /* gone: the client left before the response was whole; released: the protocol is done
+     * with the stream (no more body comes, whatever the app still holds) */
+    unsigned body_end : 1, gone : 1, released : 1, paused : 1, asked : 1, want : 1, dispatched : 1,
+        responded : 1;
     /* head: immutable once handed over */
     ph_request_t req;
     struct sockaddr_storage peer, local;
@@ -218,12 +222,14 @@ static void dispatch(wsgi_server_t *srv, wreq_t *r)
     }
 }
 
-static void mark_gone(wreq_t *r)
+static void mark_gone(wreq_t *r, int released)
 {
     wsgi_server_t *srv = r->srv;
     uv_mutex_lock(&srv->mu);
-    if (!r->responded)
+    if (!r->responded && !r->ending) /* (a stream may be released inside its last body()) */
         r->gone = 1;
+    if (released)
+        r->released = 1;
     uv_cond_signal(&r->cond);
     uv_mutex_unlock(&srv->mu);
 }
@@ -286,14 +292,14 @@ static void on_drain(ph_stream_t *s)
 
 static void on_disconnect(ph_stream_t *s)
 {
-    mark_gone(s->user);
+    mark_gone(s->user, 0);
 }
 
 static void on_release(ph_stream_t *s)
 {
     wreq_t *r = s->user;
     r->stream = NULL;
-    mark_gone(r);
+    mark_gone(r, 1);
     req_unref(r); /* the stream's */
 }
 
@@ -367,11 +373,13 @@ static void handle_req(wsgi_server_t *srv, wreq_t *r)
         } else if (o->type == OP_START) {
             rv = s->ops->start(s, o->status, o->hs, o->nh);
         } else if (o->type == OP_BODY) {
+            r->ending = !o->more;
             rv = s->ops->body(s, o->buf, o->len, o->more);
             responded |= rv == 0 && !o->more;
         } else if (o->type == OP_FILE) {
             int fd = o->fd;
             o->fd = -1;
+            r->ending = !o->more;
             rv = s->ops->sendfile(s, fd, o->off, o->flen, o->more);
             responded |= rv == 0 && !o->more;
         } else if (o->type == OP_ABORT) {
@@ -380,6 +388,7 @@ static void handle_req(wsgi_server_t *srv, wreq_t *r)
             respond_error(r, o->status);
             responded = 1;
         }
+        r->ending = 0;
         if (rv < 0 && rv != PH_ECLOSED) {
             failed = rv;
             if (r->stream)
@@ -529,7 +538,7 @@ typedef struct {
  * paused. */
 static void ask_body(wsgi_server_t *srv, wreq_t *r)
 {
-    if (r->want || r->gone || r->body_end || (r->asked && !r->paused))
+    if (r->want || r->gone || r->released || r->body_end || (r->asked && !r->paused))
         return;
     if (r->asked && r->body_buffered >= BODY_LOW_WATER)
         return;
@@ -547,7 +556,7 @@ static ssize_t take_body(wsgi_server_t *srv, wreq_t *r, char *buf, size_t cap, i
     size_t got = 0;
     int cut = 0, lost;
     Py_BEGIN_ALLOW_THREADS uv_mutex_lock(&srv->mu);
-    while (r->body_head == NULL && !r->body_end && !r->gone) {
+    while (r->body_head == NULL && !r->body_end && !r->gone && !r->released) {
         ask_body(srv, r);
         uv_cond_wait(&r->cond, &srv->mu);
     }
@@ -577,7 +586,7 @@ static ssize_t take_body(wsgi_server_t *srv, wreq_t *r, char *buf, size_t cap, i
         if (cut)
             break;
     }
-    lost = got == 0 && r->body_head == NULL && !r->body_end && r->gone;
+    lost = got == 0 && r->body_head == NULL && !r->body_end && (r->gone || r->released);
     ask_body(srv, r);
     uv_mutex_unlock(&srv->mu);
     Py_END_ALLOW_THREADS return lost ? -1 : (ssize_t)got;

@@ -212,6 +212,24 @@ def hold_body(environ, start_response, q):
     return respond(start_response, str(n).encode())
 
 
+STASH = {}
+
+
+def stash_input(environ, start_response, q):
+    """Keeps wsgi.input past the response without reading the body."""
+    STASH[q["token"]] = environ["wsgi.input"]
+    return respond(start_response, b"stashed")
+
+
+def read_stashed(environ, start_response, q):
+    """Reads an input kept from a finished request: it must end, not wait forever."""
+    try:
+        out = f"read:{len(STASH.pop(q['token']).read())}"
+    except OSError as exc:
+        out = f"error:{type(exc).__name__}"
+    return respond(start_response, out.encode())
+
+
 def release(environ, start_response, q):
     event(q["token"]).set()
     return respond(start_response, b"released")
@@ -512,6 +530,8 @@ ROUTES = {
     "/file": file_route,
     "/firehose": firehose,
     "/hold-body": hold_body,
+    "/stash-input": stash_input,
+    "/read-stashed": read_stashed,
 }
 
 
