@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -450,12 +452,22 @@ static void on_mail(ph_mailbox_t *mb, ph_work_t *w)
     req_unref(r); /* the posting's */
 }
 
+/* SCHED_BATCH: a thread woken by the other side of a hand-off does not preempt the one that
+ * woke it, so on a busy core each side runs through what is queued before the other takes
+ * over, instead of switching for every request. (Nothing waits longer on an idle core.) */
+static void batch_scheduling(void)
+{
+    struct sched_param sp = {.sched_priority = 0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+}
+
 static void reactor_main(void *arg)
 {
     wsgi_server_t *srv = arg;
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
+    batch_scheduling();
     while (!srv->stopping) {
         ph_loop_run_once(&srv->loop);
         atomic_store(&srv->conns, srv->server.nconns);
@@ -504,11 +516,13 @@ static int wait_room(wsgi_server_t *srv, wreq_t *r)
     uv_mutex_lock(&srv->mu);
     if (!r->gone && !r->failed && r->ops_bytes + r->queued > hw) {
         uv_mutex_unlock(&srv->mu);
-        Py_BEGIN_ALLOW_THREADS uv_mutex_lock(&srv->mu);
-        while (!r->gone && !r->failed && r->ops_bytes + r->queued > hw)
-            uv_cond_wait(&r->cond, &srv->mu);
-        uv_mutex_unlock(&srv->mu);
-        Py_END_ALLOW_THREADS uv_mutex_lock(&srv->mu);
+        Py_BEGIN_ALLOW_THREADS
+            uv_mutex_lock(&srv->mu);
+            while (!r->gone && !r->failed && r->ops_bytes + r->queued > hw)
+                uv_cond_wait(&r->cond, &srv->mu);
+            uv_mutex_unlock(&srv->mu);
+        Py_END_ALLOW_THREADS
+        uv_mutex_lock(&srv->mu);
     }
     ok = !r->gone && !r->failed;
     uv_mutex_unlock(&srv->mu);
@@ -555,41 +569,43 @@ static ssize_t take_body(wsgi_server_t *srv, wreq_t *r, char *buf, size_t cap, i
 {
     size_t got = 0;
     int cut = 0, lost;
-    Py_BEGIN_ALLOW_THREADS uv_mutex_lock(&srv->mu);
-    while (r->body_head == NULL && !r->body_end && !r->gone && !r->released) {
-        ask_body(srv, r);
-        uv_cond_wait(&r->cond, &srv->mu);
-    }
-    while (r->body_head && got < cap) {
-        chunk_t *c = r->body_head;
-        size_t n = c->len - c->off;
-        if (n > cap - got)
-            n = cap - got;
-        const char *from = c->data + c->off;
-        if (line) {
-            const char *nl = memchr(from, '\n', n);
-            if (nl) {
-                n = (size_t)(nl - from) + 1;
-                cut = 1;
+    Py_BEGIN_ALLOW_THREADS
+        uv_mutex_lock(&srv->mu);
+        while (r->body_head == NULL && !r->body_end && !r->gone && !r->released) {
+            ask_body(srv, r);
+            uv_cond_wait(&r->cond, &srv->mu);
+        }
+        while (r->body_head && got < cap) {
+            chunk_t *c = r->body_head;
+            size_t n = c->len - c->off;
+            if (n > cap - got)
+                n = cap - got;
+            const char *from = c->data + c->off;
+            if (line) {
+                const char *nl = memchr(from, '\n', n);
+                if (nl) {
+                    n = (size_t)(nl - from) + 1;
+                    cut = 1;
+                }
             }
+            memcpy(buf + got, from, n);
+            got += n;
+            c->off += n;
+            r->body_buffered -= n;
+            if (c->off == c->len) {
+                r->body_head = c->next;
+                if (r->body_head == NULL)
+                    r->body_tail = NULL;
+                free(c);
+            }
+            if (cut)
+                break;
         }
-        memcpy(buf + got, from, n);
-        got += n;
-        c->off += n;
-        r->body_buffered -= n;
-        if (c->off == c->len) {
-            r->body_head = c->next;
-            if (r->body_head == NULL)
-                r->body_tail = NULL;
-            free(c);
-        }
-        if (cut)
-            break;
-    }
-    lost = got == 0 && r->body_head == NULL && !r->body_end && (r->gone || r->released);
-    ask_body(srv, r);
-    uv_mutex_unlock(&srv->mu);
-    Py_END_ALLOW_THREADS return lost ? -1 : (ssize_t)got;
+        lost = got == 0 && r->body_head == NULL && !r->body_end && (r->gone || r->released);
+        ask_body(srv, r);
+        uv_mutex_unlock(&srv->mu);
+    Py_END_ALLOW_THREADS
+    return lost ? -1 : (ssize_t)got;
 }
 
 /* read(limit) / readline(limit): limit < 0 means no limit. */
@@ -1584,10 +1600,20 @@ static PyObject *wsrv_work(wsgi_server_t *srv, PyObject *unused)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
+    batch_scheduling();
     for (;;) {
-        ph_work_t *w;
-        Py_BEGIN_ALLOW_THREADS w = ph_workq_pop(&srv->q);
-        Py_END_ALLOW_THREADS if (w == NULL) break;
+        /* More work waiting: take it without letting go of the GIL. Handing the GIL to another
+         * app thread between two requests costs two context switches (measured: 8 threads
+         * served a hello app 25 % slower than 1 when each request went through the wait);
+         * the others still get it when an app blocks, and every interpreter switch interval. */
+        ph_work_t *w = ph_workq_try_pop(&srv->q);
+        if (w == NULL) {
+            Py_BEGIN_ALLOW_THREADS
+                w = ph_workq_pop(&srv->q);
+            Py_END_ALLOW_THREADS
+            if (w == NULL)
+                break;
+        }
         wreq_t *r = REQ_OF(w, work);
         if (r->report)
             log_exception(srv,
@@ -1667,8 +1693,10 @@ static void stop(wsgi_server_t *srv)
     srv->closed = 1;
     if (srv->thread_started) {
         post_cmd(srv, CMD_STOP);
-        Py_BEGIN_ALLOW_THREADS uv_thread_join(&srv->thread);
-        Py_END_ALLOW_THREADS srv->thread_started = 0;
+        Py_BEGIN_ALLOW_THREADS
+            uv_thread_join(&srv->thread);
+        Py_END_ALLOW_THREADS
+        srv->thread_started = 0;
     }
     if (srv->q_open)
         ph_workq_close(&srv->q);

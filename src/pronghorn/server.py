@@ -170,6 +170,10 @@ def _core_options(config: Config) -> dict:
     }
 
 
+def _ignore_signal(signum, frame) -> None:
+    pass
+
+
 def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
     """WSGI: the reactor on a thread of its own, the app on --threads threads; this (the main)
     thread only waits for signals and runs the shutdown. No asyncio loop is involved."""
@@ -179,6 +183,10 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
     # stay pending for sigwait() here instead of landing on a thread that would ignore them.
     signals = {signal.SIGINT, signal.SIGTERM}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    # A handler of our own (never run: the signals are blocked) so that one ignored when we
+    # started (a shell's `&` ignores SIGINT) is still delivered to sigwait(), as the ASGI
+    # server's loop.add_signal_handler() also makes it.
+    old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in signals}
     options = _core_options(config)
     options["errors"] = sys.stderr
     server = _core.WSGIServer(app, options)
@@ -228,6 +236,8 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
         return 0
     finally:
         server.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
