@@ -6,6 +6,8 @@ int ph_workq_init(ph_workq_t *q)
 {
     q->head = q->tail = NULL;
     q->len = 0;
+    q->busy = q->idle = q->waking = 0;
+    q->taken = q->taken_at_nudge = 0;
     q->closed = 0;
     int rv = uv_mutex_init(&q->mu);
     if (rv < 0)
@@ -36,9 +38,22 @@ int ph_workq_push(ph_workq_t *q, ph_work_t *w)
         q->head = w;
     q->tail = w;
     q->len++;
-    uv_cond_signal(&q->cond);
+    /* A consumer already woken (and not yet running) takes this one too: waking one per
+     * item of a burst would wake every idle consumer for work one of them does. */
+    int left = q->busy > 0 || q->waking > 0;
+    if (!left && q->idle > 0) {
+        uv_cond_signal(&q->cond);
+        q->waking++;
+    }
     uv_mutex_unlock(&q->mu);
-    return 0;
+    return left;
+}
+
+void ph_workq_join(ph_workq_t *q)
+{
+    uv_mutex_lock(&q->mu);
+    q->busy++;
+    uv_mutex_unlock(&q->mu);
 }
 
 static ph_work_t *take(ph_workq_t *q)
@@ -50,6 +65,7 @@ static ph_work_t *take(ph_workq_t *q)
             q->tail = NULL;
         w->next = NULL;
         q->len--;
+        q->taken++;
     }
     return w;
 }
@@ -57,9 +73,20 @@ static ph_work_t *take(ph_workq_t *q)
 ph_work_t *ph_workq_pop(ph_workq_t *q)
 {
     uv_mutex_lock(&q->mu);
-    while (q->head == NULL && !q->closed)
+    if (q->busy > 0)
+        q->busy--;
+    q->idle++;
+    while (q->head == NULL && !q->closed) {
         uv_cond_wait(&q->cond, &q->mu);
+        if (q->waking > 0)
+            q->waking--;
+    }
+    q->idle--;
+    if (q->waking > q->idle) /* (a wake-up that found nothing, or a spurious one) */
+        q->waking = q->idle;
     ph_work_t *w = take(q);
+    if (w)
+        q->busy++;
     uv_mutex_unlock(&q->mu);
     return w;
 }
@@ -70,6 +97,24 @@ ph_work_t *ph_workq_try_pop(ph_workq_t *q)
     ph_work_t *w = take(q);
     uv_mutex_unlock(&q->mu);
     return w;
+}
+
+int ph_workq_nudge(ph_workq_t *q)
+{
+    uv_mutex_lock(&q->mu);
+    int waiting = q->len > 0;
+    size_t can = q->idle - q->waking; /* idle and not yet signalled */
+    if (waiting && q->taken == q->taken_at_nudge && can > 0) {
+        /* Nothing taken for a while: whoever is busy is stuck (blocked in an app); one idle
+         * consumer per waiting item, as far as there are idle ones. */
+        size_t n = q->len < can ? q->len : can;
+        q->waking += n;
+        while (n-- > 0)
+            uv_cond_signal(&q->cond);
+    }
+    q->taken_at_nudge = q->taken;
+    uv_mutex_unlock(&q->mu);
+    return waiting;
 }
 
 void ph_workq_close(ph_workq_t *q)

@@ -92,8 +92,9 @@ struct wsgi_server_s {
     ph_server_t server;
     ph_workq_t q;
     ph_mailbox_t mb;
-    ph_work_t ctl; /* the main thread's commands, through the mailbox */
-    uv_mutex_t mu; /* every request's shared part, and cmd */
+    ph_work_t ctl;    /* the main thread's commands, through the mailbox */
+    uv_timer_t nudge; /* while requests wait for busy app threads (ph_workq_nudge) */
+    uv_mutex_t mu;    /* every request's shared part, and cmd */
     uv_thread_t thread;
     int cmd; /* CMD_* bits */
     int stopping;
@@ -208,6 +209,17 @@ static void respond_error(wreq_t *r, int status)
     }
 }
 
+/* Requests left to busy app threads: if none was taken for this long, the busy ones are
+ * blocked in their apps and idle threads are woken (workq.h). */
+#define NUDGE_MS 1
+
+static void on_nudge(uv_timer_t *t)
+{
+    wsgi_server_t *srv = t->data;
+    if (!ph_workq_nudge(&srv->q))
+        uv_timer_stop(t);
+}
+
 /* To a thread: the head, and the body when it fits below the high-water mark. */
 static void dispatch(wsgi_server_t *srv, wreq_t *r)
 {
@@ -218,9 +230,12 @@ static void dispatch(wsgi_server_t *srv, wreq_t *r)
     if (already)
         return;
     req_ref(r);
-    if (ph_workq_push(&srv->q, &r->work) < 0) {
+    int rv = ph_workq_push(&srv->q, &r->work);
+    if (rv < 0) {
         req_unref(r);
         respond_error(r, 503);
+    } else if (rv == 1 && !uv_is_active((uv_handle_t *)&srv->nudge)) {
+        uv_timer_start(&srv->nudge, on_nudge, NUDGE_MS, NUDGE_MS);
     }
 }
 
@@ -1601,6 +1616,7 @@ static PyObject *wsrv_work(wsgi_server_t *srv, PyObject *unused)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
     batch_scheduling();
+    ph_workq_join(&srv->q);
     for (;;) {
         /* More work waiting: take it without letting go of the GIL. Handing the GIL to another
          * app thread between two requests costs two context switches (measured: 8 threads
@@ -1859,6 +1875,8 @@ static PyObject *wsrv_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         goto uv_fail;
     srv->mb_open = 1;
     srv->mb.data = srv;
+    uv_timer_init(&srv->loop.uv, &srv->nudge); /* closed with the loop */
+    srv->nudge.data = srv;
     ph_server_init(&srv->server, &srv->loop);
     srv->server.host = srv;
     srv->server.on_conn = ph_attach_protocol;

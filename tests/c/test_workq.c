@@ -4,6 +4,7 @@
  * with ThreadSanitizer by `make test-tsan`. */
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "util.h"
@@ -36,7 +37,7 @@ static void producer(void *arg)
         item_t *it = &items[base + i];
         it->value = base + i;
         atomic_fetch_add(&pushed_sum, it->value);
-        TCHECK(ph_workq_push(&q, &it->work) == 0);
+        TCHECK(ph_workq_push(&q, &it->work) >= 0);
     }
 }
 
@@ -65,6 +66,43 @@ static void on_mail(ph_mailbox_t *m, ph_work_t *w)
     }
     if (delivered_count == TOTAL)
         uv_stop(m->async.loop);
+}
+
+static uv_mutex_t stuck_mu;
+static uv_cond_t stuck_cond;
+static int stuck_release;
+static ph_workq_t q3;
+static atomic_int q3_taken;
+
+/* Joins, takes one item and then blocks (an app blocked in I/O) until released. */
+static void stuck_consumer(void *arg)
+{
+    (void)arg;
+    ph_workq_join(&q3);
+    TCHECK(ph_workq_pop(&q3) != NULL);
+    atomic_fetch_add(&q3_taken, 1);
+    uv_mutex_lock(&stuck_mu);
+    while (!stuck_release)
+        uv_cond_wait(&stuck_cond, &stuck_mu);
+    uv_mutex_unlock(&stuck_mu);
+    while (ph_workq_pop(&q3) != NULL)
+        atomic_fetch_add(&q3_taken, 1);
+}
+
+static void idle_consumer(void *arg)
+{
+    (void)arg;
+    ph_workq_join(&q3);
+    while (ph_workq_pop(&q3) != NULL)
+        atomic_fetch_add(&q3_taken, 1);
+}
+
+static size_t idle_count(ph_workq_t *wq)
+{
+    uv_mutex_lock(&wq->mu);
+    size_t n = wq->idle;
+    uv_mutex_unlock(&wq->mu);
+    return n;
 }
 
 static void waiter(void *arg)
@@ -115,6 +153,46 @@ int main(void)
         uv_thread_join(&w[i]);
     CHECK(ph_workq_len(&q2) == 0);
     ph_workq_destroy(&q2);
+
+    /* A push with a consumer busy leaves the item to it; when that consumer is stuck, nudges
+     * (with no item taken in between) wake an idle one. */
+    item_t j[3];
+    memset(j, 0, sizeof(j));
+    CHECK(uv_mutex_init(&stuck_mu) == 0 && uv_cond_init(&stuck_cond) == 0);
+    CHECK(ph_workq_init(&q3) == 0);
+    uv_thread_t stuck, idle;
+    CHECK(uv_thread_create(&stuck, stuck_consumer, NULL) == 0);
+    while (idle_count(&q3) < 1) /* the consumer waits for work */
+        uv_sleep(1);
+    CHECK(ph_workq_push(&q3, &j[0].work) == 0); /* nobody busy: a consumer is woken */
+    while (atomic_load(&q3_taken) < 1)
+        uv_sleep(1);
+    CHECK(uv_thread_create(&idle, idle_consumer, NULL) == 0);
+    while (idle_count(&q3) < 1)
+        uv_sleep(1);
+    CHECK(ph_workq_push(&q3, &j[1].work) == 1); /* one busy: left to it */
+    uv_sleep(20);
+    CHECK(atomic_load(&q3_taken) == 1); /* nobody was woken for it */
+    int rounds = 0;
+    while (atomic_load(&q3_taken) < 2 && rounds++ < 1000) {
+        ph_workq_nudge(&q3);
+        uv_sleep(1);
+    }
+    CHECK(atomic_load(&q3_taken) == 2); /* the idle consumer took it */
+    CHECK(ph_workq_nudge(&q3) == 0);    /* nothing waits: the producer may stop nudging */
+    uv_mutex_lock(&stuck_mu);
+    stuck_release = 1;
+    uv_cond_signal(&stuck_cond);
+    uv_mutex_unlock(&stuck_mu);
+    CHECK(ph_workq_push(&q3, &j[2].work) >= 0);
+    while (atomic_load(&q3_taken) < 3)
+        uv_sleep(1);
+    ph_workq_close(&q3);
+    uv_thread_join(&stuck);
+    uv_thread_join(&idle);
+    ph_workq_destroy(&q3);
+    uv_cond_destroy(&stuck_cond);
+    uv_mutex_destroy(&stuck_mu);
 
     /* Closing the mailbox hands back what was never delivered; later posts are refused. */
     item_t a = {0}, b = {0};
