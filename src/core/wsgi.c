@@ -85,6 +85,39 @@ typedef struct {
     char *head_mem;
 } wreq_t;
 
+/* environ keys every request has (interned once: no hashing per request) */
+enum {
+    K_REQUEST_METHOD,
+    K_PATH_INFO,
+    K_QUERY_STRING,
+    K_RAW_URI,
+    K_REQUEST_URI,
+    K_SERVER_PROTOCOL,
+    K_INPUT,
+    K_URL_SCHEME,
+    K_REMOTE_ADDR,
+    K_REMOTE_PORT,
+    K_SERVER_NAME,
+    K_SERVER_PORT,
+    K_PER_REQUEST, /* the keys above are in every environ; the two below when sent */
+    K_CONTENT_TYPE = K_PER_REQUEST,
+    K_CONTENT_LENGTH,
+    NKEYS
+};
+static const char *const key_names[NKEYS] = {
+    "REQUEST_METHOD",  "PATH_INFO",   "QUERY_STRING",    "RAW_URI",        "REQUEST_URI",
+    "SERVER_PROTOCOL", "wsgi.input",  "wsgi.url_scheme", "REMOTE_ADDR",    "REMOTE_PORT",
+    "SERVER_NAME",     "SERVER_PORT", "CONTENT_TYPE",    "CONTENT_LENGTH",
+};
+
+/* REMOTE_ADDR and REMOTE_PORT as strings, kept per peer address (every request on a
+ * connection shares them); also the one for SERVER_NAME / SERVER_PORT. */
+#define ADDR_SLOTS 64
+typedef struct {
+    struct sockaddr_storage addr;
+    PyObject *host, *port;
+} addr_slot_t;
+
 struct wsgi_server_s {
     PyObject_HEAD
     ph_state_t *st;
@@ -102,6 +135,9 @@ struct wsgi_server_s {
     PyObject *app, *access_log, *log_exception, *proxy, *root_path, *errors;
     PyObject *environ_template, *extra_headers;
     PyObject *hkeys[PH_HNAME_SLOTS]; /* "HTTP_..." environ keys by header name */
+    PyObject *keys[NKEYS];
+    PyObject *protos[3]; /* "HTTP/1.0" "HTTP/1.1" "HTTP/2" */
+    addr_slot_t peers[ADDR_SLOTS], local;
     unsigned loop_open : 1, q_open : 1, mu_open : 1, mb_open : 1, thread_started : 1, closed : 1;
 };
 
@@ -985,6 +1021,9 @@ fail:
     return NULL;
 }
 
+static PyObject *resp_write(responder_t *rs, PyObject *data);
+static PyMethodDef write_def = {"write", (PyCFunction)resp_write, METH_O, NULL};
+
 static PyObject *start_response(responder_t *rs, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 2 || nargs > 3) {
@@ -1027,7 +1066,7 @@ static PyObject *start_response(responder_t *rs, PyObject *const *args, Py_ssize
     rs->start = o;
     rs->status = status;
     rs->content_length = cl;
-    return PyObject_GetAttrString((PyObject *)rs, "_write");
+    return PyCFunction_New(&write_def, (PyObject *)rs);
 }
 
 /* Sends data (and the head first, if it has not left): more=0 ends the response. 0, or -1 with
@@ -1084,15 +1123,11 @@ static PyObject *resp_write(responder_t *rs, PyObject *data)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef responder_methods[] = {
-    {"start_response", (PyCFunction)(void (*)(void))start_response, METH_FASTCALL, NULL},
-    {"_write", (PyCFunction)resp_write, METH_O, NULL},
-    {NULL, NULL, 0, NULL},
-};
+static PyMethodDef start_response_def = {
+    "start_response", (PyCFunction)(void (*)(void))start_response, METH_FASTCALL, NULL};
 
 static PyType_Slot responder_slots[] = {
     {Py_tp_dealloc, responder_dealloc},
-    {Py_tp_methods, responder_methods},
     {0, NULL},
 };
 
@@ -1142,14 +1177,6 @@ static PyObject *host_str(const struct sockaddr_storage *ss, int *port)
         *port = ntohs(a->sin6_port);
     }
     return PyUnicode_FromString(host);
-}
-
-static int set_str(PyObject *env, const char *key, const char *p, size_t n)
-{
-    PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
-    int rv = v ? PyDict_SetItemString(env, key, v) : -1;
-    Py_XDECREF(v);
-    return rv;
 }
 
 static int set_obj(PyObject *env, const char *key, PyObject *v)
@@ -1210,8 +1237,13 @@ static PyObject *header_key(wsgi_server_t *srv, ph_slice_t name, int *err)
 /* Applies --proxy-headers: REMOTE_ADDR and wsgi.url_scheme from a trusted proxy's
  * X-Forwarded-For / X-Forwarded-Proto. */
 static int apply_proxy(wsgi_server_t *srv, const ph_request_t *rq, PyObject *env, PyObject *host,
-                       int port)
+                       const struct sockaddr_storage *peer)
 {
+    int port = 0;
+    if (peer->ss_family == AF_INET)
+        port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
+    else if (peer->ss_family == AF_INET6)
+        port = ntohs(((const struct sockaddr_in6 *)peer)->sin6_port);
     PyObject *xff = NULL, *xfp = NULL;
     for (size_t i = 0; i < rq->nheaders; i++) {
         ph_slice_t n = rq->headers[i].name, v = rq->headers[i].value;
@@ -1235,20 +1267,83 @@ static int apply_proxy(wsgi_server_t *srv, const ph_request_t *rq, PyObject *env
     if (PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2) {
         PyObject *c = PyTuple_GET_ITEM(res, 0), *s = PyTuple_GET_ITEM(res, 1);
         if (c != Py_None && PyTuple_Check(c) && PyTuple_GET_SIZE(c) == 2) {
-            rv = PyDict_SetItemString(env, "REMOTE_ADDR", PyTuple_GET_ITEM(c, 0));
-            if (rv == 0)
-                rv = set_obj(env, "REMOTE_PORT", PyObject_Str(PyTuple_GET_ITEM(c, 1)));
+            rv = PyDict_SetItem(env, srv->keys[K_REMOTE_ADDR], PyTuple_GET_ITEM(c, 0));
+            PyObject *ps = rv == 0 ? PyObject_Str(PyTuple_GET_ITEM(c, 1)) : NULL;
+            rv = ps ? PyDict_SetItem(env, srv->keys[K_REMOTE_PORT], ps) : -1;
+            Py_XDECREF(ps);
         }
         if (rv == 0 && s != Py_None)
-            rv = PyDict_SetItemString(env, "wsgi.url_scheme", s);
+            rv = PyDict_SetItem(env, srv->keys[K_URL_SCHEME], s);
     }
     Py_DECREF(res);
     return rv;
 }
 
+static PyObject *method_str(ph_state_t *st, ph_slice_t m)
+{
+    static const char *const names[8] = {"GET",    "HEAD",  "POST",    "PUT",
+                                         "DELETE", "PATCH", "OPTIONS", "TRACE"};
+    for (int i = 0; i < 8; i++)
+        if (strlen(names[i]) == m.len && memcmp(names[i], m.base, m.len) == 0)
+            return Py_NewRef(st->methods[i]);
+    return PyUnicode_DecodeLatin1(m.base, (Py_ssize_t)m.len, NULL);
+}
+
+/* The (host, port) strings of an address, from its slot when the slot holds that address. 0,
+ * or -1 with an exception. */
+static int addr_strs(addr_slot_t *slot, const struct sockaddr_storage *ss, PyObject **host,
+                     PyObject **port)
+{
+    size_t len = ss->ss_family == AF_INET6  ? sizeof(struct sockaddr_in6)
+                 : ss->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                            : sizeof(ss->ss_family);
+    if (slot->host == NULL || memcmp(&slot->addr, ss, len) != 0) {
+        int p;
+        PyObject *h = host_str(ss, &p);
+        char num[24];
+        size_t nl = ph_u64toa((uint64_t)p, num);
+        PyObject *ps = h ? PyUnicode_DecodeLatin1(num, (Py_ssize_t)nl, NULL) : NULL;
+        if (ps == NULL) {
+            Py_XDECREF(h);
+            return -1;
+        }
+        Py_XSETREF(slot->host, h);
+        Py_XSETREF(slot->port, ps);
+        memcpy(&slot->addr, ss, len);
+    }
+    *host = slot->host;
+    *port = slot->port;
+    return 0;
+}
+
+static addr_slot_t *peer_slot(wsgi_server_t *srv, const struct sockaddr_storage *ss)
+{
+    unsigned key = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        key = ntohs(a->sin_port) ^ a->sin_addr.s_addr;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        key = ntohs(a->sin6_port) ^ a->sin6_addr.s6_addr[15];
+    }
+    return &srv->peers[(key ^ (key >> 16)) % ADDR_SLOTS];
+}
+
+/* Sets env[srv->keys[k]] to a new string of [p, p+n) as latin-1. */
+static int set_latin1(wsgi_server_t *srv, PyObject *env, int k, const char *p, size_t n)
+{
+    PyObject *v = PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+    int rv = v ? PyDict_SetItem(env, srv->keys[k], v) : -1;
+    Py_XDECREF(v);
+    return rv;
+}
+
 static PyObject *build_environ(wsgi_server_t *srv, wreq_t *r, PyObject *input)
 {
+    ph_state_t *st = srv->st;
+    PyObject **k = srv->keys;
     const ph_request_t *rq = &r->req;
+    /* The template holds every key a request always has: the copy never grows for them. */
     PyObject *env = PyDict_Copy(srv->environ_template);
     if (env == NULL)
         return NULL;
@@ -1257,71 +1352,68 @@ static PyObject *build_environ(wsgi_server_t *srv, wreq_t *r, PyObject *input)
     if (dec == NULL)
         goto fail;
     size_t dl = ph_percent_decode(rq->path.base, rq->path.len, dec);
-    int rv = set_str(env, "PATH_INFO", dec, dl);
+    int rv = set_latin1(srv, env, K_PATH_INFO, dec, dl);
     if (dec != stackbuf)
         PyMem_Free(dec);
-    char proto[16];
-    int pl;
-    if (rq->http_major == 2)
-        pl = snprintf(proto, sizeof(proto), "HTTP/2");
-    else
-        pl = snprintf(proto, sizeof(proto), "HTTP/%d.%d", rq->http_major, rq->http_minor);
-    if (rv < 0 || set_str(env, "REQUEST_METHOD", rq->method.base, rq->method.len) < 0 ||
-        set_str(env, "QUERY_STRING", rq->query.base, rq->query.len) < 0 ||
-        set_str(env, "RAW_URI", rq->target.base, rq->target.len) < 0 ||
-        set_str(env, "REQUEST_URI", rq->target.base, rq->target.len) < 0 ||
-        set_str(env, "SERVER_PROTOCOL", proto, (size_t)pl) < 0 ||
-        PyDict_SetItemString(env, "wsgi.input", input) < 0 ||
-        set_obj(env, "wsgi.url_scheme", PyUnicode_FromString(r->scheme ? r->scheme : "http")) < 0)
-        goto fail;
-    int port;
-    PyObject *host = host_str(&r->peer, &port);
-    if (host == NULL || PyDict_SetItemString(env, "REMOTE_ADDR", host) < 0 ||
-        set_obj(env, "REMOTE_PORT", PyUnicode_FromFormat("%d", port)) < 0) {
-        Py_XDECREF(host);
+    PyObject *target =
+        rv == 0 ? PyUnicode_DecodeLatin1(rq->target.base, (Py_ssize_t)rq->target.len, NULL) : NULL;
+    if (target == NULL || PyDict_SetItem(env, k[K_RAW_URI], target) < 0 ||
+        PyDict_SetItem(env, k[K_REQUEST_URI], target) < 0) {
+        Py_XDECREF(target);
         goto fail;
     }
-    if (srv->proxy && apply_proxy(srv, rq, env, host, port) < 0) {
-        Py_DECREF(host);
+    Py_DECREF(target);
+    PyObject *proto = srv->protos[rq->http_major == 2 ? 2 : rq->http_minor == 0 ? 0 : 1];
+    PyObject *scheme = r->scheme && strcmp(r->scheme, "https") == 0 ? st->v_https : st->v_http;
+    if (PyDict_SetItem(env, k[K_SERVER_PROTOCOL], proto) < 0 ||
+        PyDict_SetItem(env, k[K_INPUT], input) < 0 ||
+        PyDict_SetItem(env, k[K_URL_SCHEME], scheme) < 0 ||
+        set_latin1(srv, env, K_QUERY_STRING, rq->query.base, rq->query.len) < 0)
+        goto fail;
+    PyObject *method = method_str(st, rq->method);
+    if (method == NULL || PyDict_SetItem(env, k[K_REQUEST_METHOD], method) < 0) {
+        Py_XDECREF(method);
         goto fail;
     }
-    Py_DECREF(host);
-    int lport;
-    PyObject *lhost = host_str(&r->local, &lport);
-    if (lhost == NULL || PyDict_SetItemString(env, "SERVER_NAME", lhost) < 0 ||
-        set_obj(env, "SERVER_PORT", PyUnicode_FromFormat("%d", lport)) < 0) {
-        Py_XDECREF(lhost);
+    Py_DECREF(method);
+    PyObject *host, *port;
+    if (addr_strs(peer_slot(srv, &r->peer), &r->peer, &host, &port) < 0 ||
+        PyDict_SetItem(env, k[K_REMOTE_ADDR], host) < 0 ||
+        PyDict_SetItem(env, k[K_REMOTE_PORT], port) < 0)
         goto fail;
-    }
-    Py_DECREF(lhost);
+    if (srv->proxy && apply_proxy(srv, rq, env, host, &r->peer) < 0)
+        goto fail;
+    if (addr_strs(&srv->local, &r->local, &host, &port) < 0 ||
+        PyDict_SetItem(env, k[K_SERVER_NAME], host) < 0 ||
+        PyDict_SetItem(env, k[K_SERVER_PORT], port) < 0)
+        goto fail;
     for (size_t i = 0; i < rq->nheaders; i++) {
         ph_slice_t n = rq->headers[i].name, v = rq->headers[i].value;
-        const char *key = NULL;
-        if (ph_eq_lower(n.base, n.len, "content-type", 12))
-            key = "CONTENT_TYPE";
-        else if (ph_eq_lower(n.base, n.len, "content-length", 14))
-            key = "CONTENT_LENGTH";
-        if (key) {
-            if (PyDict_GetItemString(env, key) == NULL && set_str(env, key, v.base, v.len) < 0)
+        int special = ph_eq_lower(n.base, n.len, "content-type", 12)     ? K_CONTENT_TYPE
+                      : ph_eq_lower(n.base, n.len, "content-length", 14) ? K_CONTENT_LENGTH
+                                                                         : -1;
+        if (special >= 0) {
+            if (PyDict_GetItem(env, k[special]) == NULL &&
+                set_latin1(srv, env, special, v.base, v.len) < 0)
                 goto fail;
             continue;
         }
         int err;
-        PyObject *k = header_key(srv, n, &err);
-        if (k == NULL) {
+        PyObject *key = header_key(srv, n, &err);
+        if (key == NULL) {
             if (err)
                 goto fail;
             continue;
         }
         PyObject *val = PyUnicode_DecodeLatin1(v.base, (Py_ssize_t)v.len, NULL);
-        PyObject *old = val ? PyDict_GetItemWithError(env, k) : NULL;
+        PyObject *old = val ? PyDict_GetItemWithError(env, key) : NULL;
         if (val && old) {
             /* Repeated fields join with ","; cookies (split into crumbs by HTTP/2) with "; ". */
             const char *sep = ph_eq_lower(n.base, n.len, "cookie", 6) ? "; " : ",";
             Py_SETREF(val, PyUnicode_FromFormat("%U%s%U", old, sep, val));
         }
-        rv = val && !PyErr_Occurred() ? PyDict_SetItem(env, k, val) : -1;
-        Py_DECREF(k);
+        rv = val && !PyErr_Occurred() ? PyDict_SetItem(env, key, val) : -1;
+        Py_DECREF(key);
         Py_XDECREF(val);
         if (rv < 0)
             goto fail;
@@ -1336,12 +1428,12 @@ static void access_log(wsgi_server_t *srv, wreq_t *r, PyObject *env, int status,
 {
     if (srv->access_log == NULL || env == NULL)
         return;
-    PyObject *addr = PyDict_GetItemString(env, "REMOTE_ADDR");
-    PyObject *port = PyDict_GetItemString(env, "REMOTE_PORT");
+    PyObject *addr = PyDict_GetItem(env, srv->keys[K_REMOTE_ADDR]);
+    PyObject *port = PyDict_GetItem(env, srv->keys[K_REMOTE_PORT]);
     PyObject *client = addr && port && PyUnicode_GET_LENGTH(addr)
                            ? PyUnicode_FromFormat("%U:%U", addr, port)
                            : PyUnicode_FromString("-");
-    PyObject *method = PyDict_GetItemString(env, "REQUEST_METHOD");
+    PyObject *method = PyDict_GetItem(env, srv->keys[K_REQUEST_METHOD]);
     PyObject *path =
         PyUnicode_DecodeLatin1(r->req.target.base, (Py_ssize_t)r->req.target.len, NULL);
     const char *ver = r->req.http_major == 2 ? "2" : r->req.http_minor == 0 ? "1.0" : "1.1";
@@ -1537,7 +1629,7 @@ static void run_request(wsgi_server_t *srv, wreq_t *r)
     atomic_fetch_add(&srv->running, 1);
 
     PyObject *env = build_environ(srv, r, (PyObject *)in);
-    PyObject *sr = env ? PyObject_GetAttrString((PyObject *)rs, "start_response") : NULL;
+    PyObject *sr = env ? PyCFunction_New(&start_response_def, (PyObject *)rs) : NULL;
     PyObject *result = NULL;
     int failed = 0;
     if (sr) {
@@ -1800,6 +1892,16 @@ static void wsrv_dealloc(wsgi_server_t *srv)
     Py_CLEAR(srv->extra_headers);
     for (int i = 0; i < PH_HNAME_SLOTS; i++)
         Py_CLEAR(srv->hkeys[i]);
+    for (int i = 0; i < NKEYS; i++)
+        Py_CLEAR(srv->keys[i]);
+    for (int i = 0; i < 3; i++)
+        Py_CLEAR(srv->protos[i]);
+    for (int i = 0; i < ADDR_SLOTS; i++) {
+        Py_CLEAR(srv->peers[i].host);
+        Py_CLEAR(srv->peers[i].port);
+    }
+    Py_CLEAR(srv->local.host);
+    Py_CLEAR(srv->local.port);
     tp->tp_free(srv);
     Py_DECREF(tp);
 }
@@ -1897,10 +1999,20 @@ static PyObject *wsrv_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     if (!v)
         Py_INCREF(srv->errors);
+    for (int i = 0; i < NKEYS; i++)
+        if ((srv->keys[i] = PyUnicode_InternFromString(key_names[i])) == NULL)
+            goto fail;
+    static const char *const protos[3] = {"HTTP/1.0", "HTTP/1.1", "HTTP/2"};
+    for (int i = 0; i < 3; i++)
+        if ((srv->protos[i] = PyUnicode_InternFromString(protos[i])) == NULL)
+            goto fail;
     PyObject *t = PyDict_New();
     srv->environ_template = t;
     if (t == NULL)
         goto fail;
+    for (int i = 0; i < K_PER_REQUEST; i++) /* placeholders: every request sets them */
+        if (PyDict_SetItem(t, srv->keys[i], Py_None) < 0)
+            goto fail;
     PyObject *version = Py_BuildValue("(ii)", 1, 0);
     v = PyDict_GetItemString(opts, "multiprocess");
     int mp = v ? PyObject_IsTrue(v) : 0;
