@@ -107,13 +107,7 @@ static void wake_receivers(ph_req_t *r)
 
 static void log_exception(ph_pyserver_t *srv, const char *msg, PyObject *exc)
 {
-    PyObject *m = PyUnicode_FromString(msg);
-    PyObject *r =
-        m ? PyObject_CallFunctionObjArgs(srv->log_exception, m, exc ? exc : Py_None, NULL) : NULL;
-    if (r == NULL)
-        PyErr_WriteUnraisable(srv->log_exception);
-    Py_XDECREF(r);
-    Py_XDECREF(m);
+    ph_log_exception(srv->log_exception, msg, exc);
 }
 
 /* "a.b.c.d" without sprintf (inet_ntop formats through printf: measurable per request). */
@@ -518,6 +512,26 @@ out:
     return ret;
 }
 
+/* A body part (bytes or a file) was accepted: the response completes, or send() waits while
+ * more than the high-water mark is queued. */
+static PyObject *body_sent(ph_req_t *r, uint64_t len, int more)
+{
+    ph_state_t *st = r->srv->st;
+    r->body_started = 1;
+    r->bytes += len;
+    if (!more && r->want_trailers) {
+        r->body_complete = 1;
+    } else if (!more) {
+        response_complete(r);
+        return Py_NewRef(st->done);
+    }
+    /* r->stream may have been released by now (the protocol is done with it). */
+    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
+        return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
+    ph_loop_touch(&r->srv->loop);
+    return Py_NewRef(st->done);
+}
+
 static PyObject *send_body(ph_req_t *r, PyObject *msg)
 {
     ph_state_t *st = r->srv->st;
@@ -574,19 +588,7 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
     }
     if (rv < 0)
         return raise_for(r, rv, "http.response.body");
-    r->body_started = 1;
-    r->bytes += len;
-    if (!more && r->want_trailers) {
-        r->body_complete = 1;
-    } else if (!more) {
-        response_complete(r);
-        return Py_NewRef(st->done);
-    }
-    /* r->stream may have been released by now (the protocol is done with it). */
-    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
-        return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
-    ph_loop_touch(&r->srv->loop);
-    return Py_NewRef(st->done);
+    return body_sent(r, len, more);
 }
 
 /* A file as (the rest of) the body: the pathsend and zerocopysend extensions. The stream owns
@@ -594,7 +596,6 @@ static PyObject *send_body(ph_req_t *r, PyObject *msg)
 static PyObject *send_file(ph_req_t *r, int fd, uint64_t off, uint64_t len, int more,
                            const char *what)
 {
-    ph_state_t *st = r->srv->st;
     ph_stream_t *s = r->stream;
     if (s == NULL || r->disconnected) {
         close(fd);
@@ -610,18 +611,7 @@ static PyObject *send_file(ph_req_t *r, int fd, uint64_t off, uint64_t len, int 
     }
     if (rv < 0)
         return raise_for(r, rv, what);
-    r->body_started = 1;
-    r->bytes += len;
-    if (!more && r->want_trailers) {
-        r->body_complete = 1;
-    } else if (!more) {
-        response_complete(r);
-        return Py_NewRef(st->done);
-    }
-    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
-        return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
-    ph_loop_touch(&r->srv->loop);
-    return Py_NewRef(st->done);
+    return body_sent(r, len, more);
 }
 
 static int body_allowed(ph_req_t *r, const char *what)
@@ -1509,37 +1499,15 @@ static const ph_stream_handler_t asgi_handler = {
 
 /* ---- scope ---- */
 
-static PyObject *method_str(ph_state_t *st, ph_slice_t m)
-{
-    static const char *const names[8] = {"GET",    "HEAD",  "POST",    "PUT",
-                                         "DELETE", "PATCH", "OPTIONS", "TRACE"};
-    for (int i = 0; i < 8; i++)
-        if (strlen(names[i]) == m.len && memcmp(names[i], m.base, m.len) == 0)
-            return Py_NewRef(st->methods[i]);
-    return PyUnicode_DecodeLatin1(m.base, (Py_ssize_t)m.len, NULL);
-}
-
 /* With --proxy-headers: the trusted proxy's X-Forwarded-For/-Proto replace client and scheme.
  * 0, or -1 with an exception set (the request then fails: a scope built on a half-applied
  * proxy decision could name the wrong client or scheme). */
 static int apply_proxy(ph_pyserver_t *srv, const ph_request_t *rq, PyObject **client,
                        PyObject **scheme)
 {
-    PyObject *xff = NULL, *xfp = NULL;
-    for (size_t i = 0; i < rq->nheaders; i++) {
-        ph_slice_t n = rq->headers[i].name, v = rq->headers[i].value;
-        if (n.len == 15 && memcmp(n.base, "x-forwarded-for", 15) == 0 && xff == NULL)
-            xff = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
-        else if (n.len == 17 && memcmp(n.base, "x-forwarded-proto", 17) == 0 && xfp == NULL)
-            xfp = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
-        else
-            continue;
-        if (PyErr_Occurred()) {
-            Py_XDECREF(xff);
-            Py_XDECREF(xfp);
-            return -1;
-        }
-    }
+    PyObject *xff, *xfp;
+    if (ph_forwarded(rq, &xff, &xfp) < 0)
+        return -1;
     if (xff == NULL && xfp == NULL)
         return 0;
     PyObject *res = PyObject_CallFunctionObjArgs(srv->proxy, *client, xff ? xff : Py_None,
@@ -1696,7 +1664,7 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
 {
     ph_state_t *st = srv->st;
     const ph_request_t *rq = &s->req;
-    PyObject *method = method_str(st, rq->method);
+    PyObject *method = ph_method_str(st, rq->method);
     PyObject *version = rq->http_major == 2 ? st->v_2 : rq->http_minor == 0 ? st->v_1_0 : st->v_1_1;
     PyObject *client = method ? client_tuple(srv, s->peer) : NULL;
     PyObject *scheme = Py_NewRef(s->scheme[4] == 's' ? st->v_https : st->v_http);

@@ -1142,13 +1142,7 @@ static PyType_Spec responder_spec = {
 
 static void log_exception(wsgi_server_t *srv, const char *msg, PyObject *exc)
 {
-    PyObject *m = PyUnicode_FromString(msg);
-    PyObject *r =
-        m ? PyObject_CallFunctionObjArgs(srv->log_exception, m, exc ? exc : Py_None, NULL) : NULL;
-    if (r == NULL)
-        PyErr_WriteUnraisable(srv->log_exception);
-    Py_XDECREF(r);
-    Py_XDECREF(m);
+    ph_log_exception(srv->log_exception, msg, exc);
 }
 
 static PyObject *fetch_exception(void)
@@ -1244,16 +1238,11 @@ static int apply_proxy(wsgi_server_t *srv, const ph_request_t *rq, PyObject *env
         port = ntohs(((const struct sockaddr_in *)peer)->sin_port);
     else if (peer->ss_family == AF_INET6)
         port = ntohs(((const struct sockaddr_in6 *)peer)->sin6_port);
-    PyObject *xff = NULL, *xfp = NULL;
-    for (size_t i = 0; i < rq->nheaders; i++) {
-        ph_slice_t n = rq->headers[i].name, v = rq->headers[i].value;
-        if (n.len == 15 && memcmp(n.base, "x-forwarded-for", 15) == 0 && xff == NULL)
-            xff = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
-        else if (n.len == 17 && memcmp(n.base, "x-forwarded-proto", 17) == 0 && xfp == NULL)
-            xfp = PyBytes_FromStringAndSize(v.base, (Py_ssize_t)v.len);
-    }
+    PyObject *xff, *xfp;
+    if (ph_forwarded(rq, &xff, &xfp) < 0)
+        return -1;
     if (xff == NULL && xfp == NULL)
-        return PyErr_Occurred() ? -1 : 0;
+        return 0;
     PyObject *client = Py_BuildValue("(Oi)", host, port);
     PyObject *res = client ? PyObject_CallFunctionObjArgs(srv->proxy, client, xff ? xff : Py_None,
                                                           xfp ? xfp : Py_None, NULL)
@@ -1277,16 +1266,6 @@ static int apply_proxy(wsgi_server_t *srv, const ph_request_t *rq, PyObject *env
     }
     Py_DECREF(res);
     return rv;
-}
-
-static PyObject *method_str(ph_state_t *st, ph_slice_t m)
-{
-    static const char *const names[8] = {"GET",    "HEAD",  "POST",    "PUT",
-                                         "DELETE", "PATCH", "OPTIONS", "TRACE"};
-    for (int i = 0; i < 8; i++)
-        if (strlen(names[i]) == m.len && memcmp(names[i], m.base, m.len) == 0)
-            return Py_NewRef(st->methods[i]);
-    return PyUnicode_DecodeLatin1(m.base, (Py_ssize_t)m.len, NULL);
 }
 
 /* The (host, port) strings of an address, from its slot when the slot holds that address. 0,
@@ -1370,7 +1349,7 @@ static PyObject *build_environ(wsgi_server_t *srv, wreq_t *r, PyObject *input)
         PyDict_SetItem(env, k[K_URL_SCHEME], scheme) < 0 ||
         set_latin1(srv, env, K_QUERY_STRING, rq->query.base, rq->query.len) < 0)
         goto fail;
-    PyObject *method = method_str(st, rq->method);
+    PyObject *method = ph_method_str(st, rq->method);
     if (method == NULL || PyDict_SetItem(env, k[K_REQUEST_METHOD], method) < 0) {
         Py_XDECREF(method);
         goto fail;

@@ -6,7 +6,7 @@
 #ifndef PH_WSGI_H
 #define PH_WSGI_H
 
-#include "asgi.h" /* the module state (ph_state_t) the bridges share */
+#include "bridge.h"
 #include "workq.h"
 
 /* Registers the WSGI types (WSGIServer, its input and file wrapper types) on the module; 0 or -1
