@@ -26,6 +26,8 @@ TARGETS = [
     ("pronghorn ≥ 0.7× nginx, HTTP/2 64 conns", "h2_hello", "nginx", "ratio", 0.7),
     ("pronghorn ≥ 1.5× granian, HTTP/2 16 × 32 streams", "h2_streams", "granian", "ratio", 1.5),
     ("pronghorn ≥ 0.7× nginx, HTTP/2 16 × 32 streams", "h2_streams", "nginx", "ratio", 0.7),
+    ("pronghorn ≥ 1.5× granian, WSGI hello", "wsgi_hello", "granian", "ratio", 1.5),
+    ("pronghorn ≥ 5× gunicorn, WSGI hello", "wsgi_hello", "gunicorn", "ratio", 5.0),
 ]
 
 
@@ -217,12 +219,13 @@ def _targets(out):
         if not sc:
             t["note"] = "scenario not run"
             continue
-        ph = next((r for r in sc["rows"] if r["id"] == "pronghorn"), None)
+        suffix = _suffix(sc)  # a WSGI scenario's rows are the servers' WSGI modes
+        ph = next((r for r in sc["rows"] if r["id"] == "pronghorn" + suffix), None)
         if not ph or ph["status"] != "ok":
             t["note"] = "no valid pronghorn run"
             continue
         if kind == "ratio":
-            other = next((r for r in sc["rows"] if r["id"] == peer), None)
+            other = next((r for r in sc["rows"] if r["id"] == peer + suffix), None)
             if not other or other["status"] != "ok":
                 t["note"] = f"no valid {peer} run"
                 continue
