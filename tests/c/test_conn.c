@@ -1,6 +1,7 @@
 /* The transport's life cycle with a stub protocol on one end of a socketpair: nothing queued is
- * lost by a close (slow reader, half-closed reader), the write deadline is about progress, and
- * input that waits wins over a deadline that passed while the loop was busy. */
+ * lost by a close (slow reader, half-closed reader), the write deadline is about progress,
+ * input that waits wins over a deadline that passed while the loop was busy, and a file sent
+ * with ph_conn_sendfile keeps its place between writes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -361,6 +362,77 @@ static void test_close_and_abort_during_input(void)
     teardown(&f);
 }
 
+/* A file of n bytes, byte i being 'a' + i % 23; its fd (the name is gone already). */
+static int pattern_file(size_t n)
+{
+    char name[] = "/tmp/ph-test-conn-XXXXXX";
+    int fd = mkstemp(name);
+    CHECK(fd >= 0);
+    unlink(name);
+    for (size_t off = 0; off < n;) {
+        size_t len = n - off < sizeof(big) ? n - off : sizeof(big);
+        for (size_t j = 0; j < len; j++)
+            big[j] = (char)('a' + (off + j) % 23);
+        CHECK(pwrite(fd, big, len, (off_t)off) == (ssize_t)len);
+        off += len;
+    }
+    return fd;
+}
+
+/* A file queued between two writes goes out between them, whole, through a socket that fills
+ * again and again (sendfile until it is full, a queued piece, sendfile again); then a close
+ * waits for it. */
+static void test_sendfile_between_writes(void)
+{
+    fixture_t f;
+    setup(&f, 16384);
+    size_t flen = 3 << 20, off = 1000, len = flen - 5000;
+    int fd = pattern_file(flen);
+    put(f.conn, "HEAD", 4);
+    CHECK(ph_conn_sendfile(f.conn, fd, off, len) == 0);
+    put(f.conn, "TAIL", 4);
+    CHECK(ph_conn_queued(f.conn) > 0);
+    ph_conn_close(f.conn, 0);
+    size_t want = 4 + len + 4, got = 0;
+    char *out = malloc(want + 16);
+    int eof = 0;
+    double t0 = now_ms();
+    while (!eof && now_ms() - t0 < 5000) {
+        run_for(&f, 1);
+        ssize_t n = read(f.client, out + got, want + 16 - got);
+        if (n == 0)
+            eof = 1;
+        else if (n > 0)
+            got += (size_t)n;
+    }
+    CHECK(eof && got == want);
+    CHECK(memcmp(out, "HEAD", 4) == 0 && memcmp(out + want - 4, "TAIL", 4) == 0);
+    int same = 1;
+    for (size_t i = 0; i < len && same; i++)
+        same = out[4 + i] == (char)('a' + (off + i) % 23);
+    CHECK(same);
+    free(out);
+    CHECK(f.freed);
+    teardown(&f);
+}
+
+/* A file shorter than the length promised for it ends the connection with an abort (what went
+ * out is all the peer gets: the response could not be framed). */
+static void test_sendfile_short_file_aborts(void)
+{
+    fixture_t f;
+    setup(&f, 16384);
+    int fd = pattern_file(100000);
+    CHECK(ph_conn_sendfile(f.conn, fd, 0, 300000) == 0);
+    put(f.conn, "NEVER", 5);
+    static char out[400000];
+    int eof;
+    size_t got = client_collect(&f, out, sizeof(out), &eof);
+    CHECK(eof && got == 100000);
+    CHECK(f.closed);
+    teardown(&f);
+}
+
 int main(void)
 {
     test_writes_during_input_leave_together();
@@ -371,5 +443,7 @@ int main(void)
     test_write_deadline_is_about_progress();
     test_waiting_input_wins_over_a_passed_deadline();
     test_linger_ends_at_the_peers_fin();
+    test_sendfile_between_writes();
+    test_sendfile_short_file_aborts();
     return CHECK_REPORT();
 }
