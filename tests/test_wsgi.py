@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from conftest import (
     ENV_PREFIX,
     ConnectionClosed,
     RawConn,
+    free_port,
     request_bytes,
     run_cli,
     wait_state,
@@ -1121,3 +1123,57 @@ def test_input_kept_past_its_request_never_blocks(wsgi):
     body = httpx.get(f"{wsgi.url}/read-stashed", params={"token": tok}, timeout=10).text
     assert time.monotonic() - t0 < 5
     assert body.startswith(("read:", "error:")), body
+
+
+# -- the rest of the server's surface, as for ASGI --------------------------------------------
+
+
+def test_limit_concurrency_answers_503_beyond_it(server):
+    """--limit-concurrency counts WSGI requests in flight the same way: one beyond gets 503."""
+    srv = server(APP, *WSGI, "--threads", "4", "--limit-concurrency", "1")
+    tok = token()
+    done = {}
+
+    def slow():
+        done["r"] = httpx.get(f"{srv.url}/sleep", params={"ms": 800, "token": tok}, timeout=10)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    assert httpx.get(f"{srv.url}/", timeout=5).status_code == 503
+    t.join()
+    assert done["r"].status_code == 200
+    assert httpx.get(f"{srv.url}/", timeout=5).text == "Hello, world!"
+
+
+def test_request_body_timeout_before_a_thread_is_taken(server):
+    """A client that stops sending its (small) body is timed out by the reactor with a 408;
+    no app thread was ever taken for it."""
+    srv = server(APP, *WSGI, "--threads", "1", "--timeout-request-body", "1")
+    with RawConn(srv.port, timeout=5) as conn:
+        conn.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+        assert httpx.get(f"{srv.url}/", timeout=5).text == "Hello, world!"  # thread is free
+        resp = conn.read_response(allow_incomplete=True)
+    assert resp.status == 408
+
+
+def test_unix_socket(server, tmp_path):
+    path = str(tmp_path / "w.sock")
+    srv = server(APP, *WSGI, "--uds", path, bind=False, uds=path)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=5) as client:
+        env = client.get("http://localhost/environ").json()["environ"]
+        assert client.post("http://localhost/echo", content=b"over unix").content == b"over unix"
+    assert env["REMOTE_ADDR"] == "" and env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert srv.stop() == 0
+
+
+def test_run_api_serves_a_wsgi_callable(server):
+    port = free_port()
+    script = (
+        "import sys; sys.path.insert(0, 'tests/apps'); import pronghorn, wsgi_app; "
+        f"pronghorn.run(wsgi_app.app, host='127.0.0.1', port={port}, threads=2)"
+    )
+    srv = server(argv=[sys.executable, "-c", script], port=port)
+    assert httpx.get(f"{srv.url}/", timeout=5).text == "Hello, world!"
+    srv.wait_for_log("WSGI")
+    assert srv.stop() == 0
