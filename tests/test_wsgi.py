@@ -1177,3 +1177,59 @@ def test_run_api_serves_a_wsgi_callable(server):
     assert httpx.get(f"{srv.url}/", timeout=5).text == "Hello, world!"
     srv.wait_for_log("WSGI")
     assert srv.stop() == 0
+
+
+def test_http2_upload_to_an_app_that_does_not_read_is_held_by_the_window(wsgi):
+    """HTTP/2: the stream's window stops a client uploading to an app that reads nothing (the
+    server holds no more than the window and its 64 KiB); once the app reads, all arrives."""
+    tok = token()
+    total = 64 << 20
+    sock = socket.create_connection(("127.0.0.1", wsgi.port), timeout=5)
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        path = f"/hold-body?token={tok}"
+        headers = [
+            (":method", "POST"),
+            (":path", path),
+            (":scheme", "http"),
+            (":authority", "t"),
+            ("content-length", str(total)),
+        ]
+        conn.send_headers(1, headers)
+        sock.sendall(conn.data_to_send())
+        sent, answer, ended = 0, b"", False
+
+        def pump(until):
+            """Sends what the windows allow and reads what comes, until `until` (a time)."""
+            nonlocal sent, answer, ended
+            while time.monotonic() < until and not ended:
+                window = min(conn.local_flow_control_window(1), total - sent)
+                if window > 0:
+                    n = min(window, conn.max_outbound_frame_size)
+                    conn.send_data(1, b"u" * n, end_stream=sent + n == total)
+                    sent += n
+                    sock.sendall(conn.data_to_send())
+                    continue
+                sock.settimeout(0.05)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                assert chunk, "connection closed"
+                for ev in conn.receive_data(chunk):
+                    if isinstance(ev, h2.events.DataReceived):
+                        answer += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        ended = True
+                sock.sendall(conn.data_to_send())
+
+        pump(time.monotonic() + 1.5)
+        wait_progress(wsgi, tok, lambda s: s.get("waiting") == 1)
+        assert sent < 1 << 20, f"{sent >> 10} KiB taken while the app read nothing"
+        httpx.get(f"{wsgi.url}/release", params={"token": tok}, timeout=5)
+        pump(time.monotonic() + 30)
+        assert ended and answer == str(total).encode()
+    finally:
+        sock.close()
