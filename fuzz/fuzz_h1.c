@@ -1,6 +1,7 @@
 /* libFuzzer target: arbitrary bytes, in arbitrary fragments, through the whole HTTP/1 path —
  * conn (socket reads) -> h1 (llhttp + our checks) -> stream events -> serialised responses —
- * with a bridge that answers at once or after the body, with a fixed or a chunked body.
+ * with a bridge that answers at once or after the body, with a fixed or a chunked body, from
+ * memory or from a file (the stream's sendfile op: conn's file segments).
  *
  * The first byte picks the bridge's behaviour and the fragment size; the rest is the stream of
  * bytes the client sends. Built by `make fuzz` (clang -fsanitize=fuzzer,address,undefined). */
@@ -20,7 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     h.chunked_reply = data[0] & 1;
     h.respond_on_end = (data[0] >> 1) & 1;
-    size_t piece = (size_t)(data[0] >> 2) * 16 + 1; /* 1 .. 1009 bytes a write */
+    h.file_reply = (data[0] >> 7) & 1;                     /* the body through sendfile */
+    size_t piece = (size_t)((data[0] >> 2) & 31) * 32 + 1; /* 1 .. 993 bytes a write */
     size_t outlen;
     harness_exchange(&h, (const char *)data + 1, size - 1, piece, out, sizeof(out), &outlen);
     /* HTTP/2's preface: the connection is h2's (fuzz_h2 checks what it writes). */

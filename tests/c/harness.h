@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,6 +31,8 @@ typedef struct {
     int trailers_reply; /* end the response with a trailer field */
     int abort_reply;    /* start a response, send part of it, then abort (an app that failed) */
     int pause_reads;    /* pause the body at its first bytes and never ask for more */
+    int file_reply;     /* the body ("hello") from a file, through the stream's sendfile op */
+    int file_fd;        /* that file (a memfd), -1 until first used */
     int trailers_seen;  /* request trailer fields the bridge was given */
     ph_stream_t *pending;
 } harness_t;
@@ -60,6 +63,15 @@ static void hb_respond(ph_stream_t *s)
         size_t n = H->chunked_reply ? 0 : 5;
         if (s->ops->body(s, "hello", n, 1) == 0)
             s->ops->trailers(s, tr, 1);
+    } else if (H->file_reply && s->ops->sendfile) {
+        if (H->file_fd < 0) {
+            H->file_fd = memfd_create("ph-harness", MFD_CLOEXEC);
+            if (H->file_fd < 0 || pwrite(H->file_fd, "hello", 5, 0) != 5)
+                abort();
+        }
+        /* the stream takes the descriptor (closes it when sent, or on failure) */
+        if (s->ops->sendfile(s, dup(H->file_fd), 0, 5, H->chunked_reply) == 0 && H->chunked_reply)
+            s->ops->body(s, "", 0, 0);
     } else if (H->chunked_reply) {
         s->ops->body(s, "hello", 5, 1);
         s->ops->body(s, "", 0, 0);
@@ -139,6 +151,7 @@ static int hb_on_conn(ph_server_t *server, ph_conn_t *conn)
 static int harness_init(harness_t *h)
 {
     memset(h, 0, sizeof(*h));
+    h->file_fd = -1;
     H = h;
     signal(SIGPIPE, SIG_IGN); /* both ends may close under the other */
     if (ph_loop_init(&h->loop) < 0)
@@ -216,6 +229,8 @@ static int harness_exchange(harness_t *h, const char *data, size_t len, size_t p
 
 static void harness_free(harness_t *h)
 {
+    if (h->file_fd >= 0)
+        close(h->file_fd);
     close(h->client);
     ph_server_close(&h->server);
     ph_loop_close(&h->loop);

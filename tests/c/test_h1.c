@@ -189,6 +189,31 @@ static void test_http10_never_chunked(void)
     harness_free(&h);
 }
 
+/* Bodies sent from a file keep their place among pipelined responses, framed by length or in
+ * chunks like any body, and a HEAD gets none of the file. */
+static void test_file_bodies_pipelined(void)
+{
+    for (int chunked = 0; chunked < 2; chunked++) {
+        harness_t h;
+        harness_init(&h);
+        h.file_reply = 1;
+        h.chunked_reply = chunked;
+        const char *req = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+                          "GET /3 HTTP/1.1\r\nHost: a\r\n\r\n";
+        int closed = harness_exchange(&h, req, strlen(req), 1 << 20, out, sizeof(out), &outlen);
+        CHECK(!closed && h.streams == 3);
+        CHECK(count(out, "HTTP/1.1 200 OK") == 3);
+        if (chunked) {
+            CHECK(count(out, "\r\n\r\n5\r\nhello\r\n0\r\n\r\n") == 2);
+        } else {
+            CHECK(count(out, "content-length: 5\r\n") == 2);
+            CHECK(count(out, "\r\n\r\nhello") == 2);
+        }
+        CHECK(count(out, "hello") == 2); /* not for the HEAD */
+        harness_free(&h);
+    }
+}
+
 int main(void)
 {
     test_upgrade_is_ignored();
@@ -199,5 +224,6 @@ int main(void)
     test_chunked_request_and_reply();
     test_head_and_length();
     test_content_length_body();
+    test_file_bodies_pipelined();
     return CHECK_REPORT();
 }
