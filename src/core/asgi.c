@@ -1806,26 +1806,19 @@ static PyObject *start_task(ph_pyserver_t *srv, driver_t *d)
 #endif
 }
 
-static void respond_simple(ph_stream_t *s, int status, const char *text)
-{
-    ph_header_t hs[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}}};
-    if (s->ops->start(s, status, hs, 1) == 0)
-        s->ops->body(s, text, strlen(text), 0);
-}
-
 void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
 {
     ph_pyserver_t *srv = server->host;
     ph_state_t *st = srv->st;
     size_t limit = server->cfg.limit_concurrency;
     if (limit && srv->nreqs >= limit) {
-        respond_simple(s, 503, "Service Unavailable");
+        ph_stream_respond_text(s, 503, "Service Unavailable", 19);
         return;
     }
     ph_req_t *r = PyObject_GC_New(ph_req_t, st->req_type);
     if (r == NULL) {
         PyErr_WriteUnraisable(NULL);
-        respond_simple(s, 500, "Internal Server Error");
+        ph_stream_respond_text(s, 500, "Internal Server Error", 21);
         return;
     }
     memset((char *)r + sizeof(PyObject), 0, sizeof(*r) - sizeof(PyObject));

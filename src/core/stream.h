@@ -83,4 +83,13 @@ struct ph_stream_s {
     const char *scheme; /* "http" or "https" */
 };
 
+/* A bridge's own short answer to a stream no app saw (503 at a limit, 500 when memory ran
+ * out): a text/plain body, or nothing if the protocol refuses it. */
+static inline void ph_stream_respond_text(ph_stream_t *s, int status, const char *text, size_t len)
+{
+    static const ph_header_t hs[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}}};
+    if (s->ops->start(s, status, hs, 1) == 0)
+        s->ops->body(s, text, len, 0);
+}
+
 #endif

@@ -369,16 +369,12 @@ static void on_stream(ph_server_t *server, ph_stream_t *s)
     wsgi_server_t *srv = server->host;
     size_t limit = server->cfg.limit_concurrency;
     if (limit && atomic_load(&srv->inflight) >= limit) {
-        static const ph_header_t hs[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}}};
-        if (s->ops->start(s, 503, hs, 1) == 0)
-            s->ops->body(s, "Service Unavailable", 19, 0);
+        ph_stream_respond_text(s, 503, "Service Unavailable", 19);
         return;
     }
     wreq_t *r = req_new(srv, s);
     if (r == NULL) {
-        static const ph_header_t hs[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}}};
-        if (s->ops->start(s, 500, hs, 1) == 0)
-            s->ops->body(s, "Internal Server Error", 21, 0);
+        ph_stream_respond_text(s, 500, "Internal Server Error", 21);
         return;
     }
     r->t0 = srv->access_log ? ph_monotonic() : 0;
