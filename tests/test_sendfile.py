@@ -6,8 +6,12 @@ wsgi.file_wrapper is in test_wsgi.py.)"""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 
+import h2.config
+import h2.connection
 import httpx
 import pytest
 from conftest import IS_UVICORN, ConnectionClosed, RawConn, request_bytes
@@ -66,12 +70,42 @@ def test_zerocopysend_offset_count_parts(files, data, http2, parts, cl):
     assert r.content == data.read_bytes()[offset : offset + count]
 
 
-def test_pathsend_missing_file_is_500_logged(files):
+@pytest.mark.parametrize(
+    "target, says",
+    [
+        ("/pathsend?path=/nonexistent/file", "No such file"),
+        ("/pathsend?path=/tmp", "Is a directory"),
+        ("/zerocopy-pipe", "must be a regular file"),
+    ],
+)
+def test_file_that_cannot_be_sent_is_500_logged(files, target, says):
     before = len(files.log())
-    r = httpx.get(f"{files.url}/pathsend?path=/nonexistent/file")
+    r = httpx.get(f"{files.url}{target}")
     assert r.status_code == 500
-    files.wait_for_log(r"No such file", timeout=5)
-    assert "No such file" in files.log()[before:]
+    files.wait_for_log(says, timeout=5)
+    assert says in files.log()[before:]
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_client_reset_mid_file_leaves_the_server_serving(files, data, http2):
+    """A client that resets while a file is going out: the file's descriptor and segments go
+    with the connection (or stream), and the next client is served."""
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", files.port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        if http2:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            hs = [(":method", "GET"), (":path", "/file"), (":scheme", "http"), (":authority", "t")]
+            conn.send_headers(1, hs, end_stream=True)
+            sock.sendall(conn.data_to_send())
+        else:
+            sock.sendall(request_bytes("GET", "/file"))
+        assert sock.recv(4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, with most of the file unsent
+    with httpx.Client(http2=http2, http1=not http2) as c:
+        assert c.get(f"{files.url}/file").content == data.read_bytes()
 
 
 def test_slow_reader_gets_the_whole_file_then_the_next_response(files, data):

@@ -36,6 +36,15 @@ async def raw(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": names.encode()})
         return
+    if scope["path"] == "/zerocopy-pipe":  # not a regular file: refused
+        rd, wr = os.pipe()
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.zerocopysend", "file": rd})
+        finally:
+            os.close(rd)
+            os.close(wr)
+        return
     if scope["path"] == "/pathsend":
         path = q.get("path", PATH)
         await send({"type": "http.response.start", "status": 200, "headers": []})
