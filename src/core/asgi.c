@@ -1699,6 +1699,12 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
             PyDict_SetItem(ext, st->k_ext_request_trailers, r->req_trailers) < 0)
             Py_CLEAR(ext);
     }
+    if (ext && s->tls) {
+        PyObject *tls = ph_pytls_asgi_extension(s->tls);
+        if (tls == NULL || PyDict_SetItemString(ext, "tls", tls) < 0)
+            Py_CLEAR(ext);
+        Py_XDECREF(tls);
+    }
     SET_NEW(scope, st->k_extensions, ext);
     if (srv->state)
         SET_NEW(scope, st->k_state, PyDict_Copy(srv->state));

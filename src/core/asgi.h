@@ -28,6 +28,7 @@ typedef struct {
     PyObject *tick, *on_timer; /* bound methods handed to the asyncio loop */
     PyObject *timer_handle;
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
+    PyObject *tls_held;      /* (TLSContext, debug callable) that server borrows */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
     PyObject *scope_template, *asgi_template; /* what every scope starts as (asgi.c) */
     PyObject *ext_template;                   /* and its "extensions" */

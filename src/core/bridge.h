@@ -29,6 +29,7 @@ static inline unsigned ph_hname_slot(const char *name, size_t len)
 typedef struct {
     PyTypeObject *server_type, *req_type, *driver_type, *waiter_type;
     PyTypeObject *wsgi_server_type, *wsgi_input_type, *wsgi_responder_type, *file_wrapper_type;
+    PyTypeObject *tls_type;
     PyObject *client_disconnected; /* OSError subclass raised by send() after a disconnect */
     PyObject *cancelled_error;     /* asyncio.CancelledError */
     PyObject *task_type;           /* asyncio.Task */
@@ -60,6 +61,16 @@ typedef struct {
  * exception. */
 int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_headers,
                       PyObject **root_path);
+
+/* TLS for the bridges (pytls.c): the TLSContext type; the "tls" and "log_debug" options
+ * into server->tls / server->debug (*held gets a new reference to what they borrow); a
+ * connection's TLS facts as the ASGI `tls` extension (a new dict); mod_ssl's variables
+ * (HTTPS, SSL_*) copied into a WSGI environ. 0 / an object, or -1 / NULL with an exception. */
+struct ph_tls_s;
+int ph_pytls_init_types(PyObject *m, ph_state_t *st);
+int ph_pytls_server_options(ph_state_t *st, ph_server_t *server, PyObject *opts, PyObject **held);
+PyObject *ph_pytls_asgi_extension(struct ph_tls_s *t);
+int ph_pytls_wsgi_environ(PyObject *env, const char *packed); /* packed: ph_tls_env() */
 
 /* The servers' on_conn hook: the protocol --http asks for on a new connection. */
 int ph_attach_protocol(ph_server_t *server, ph_conn_t *conn);

@@ -6,6 +6,8 @@
 #include <sys/sendfile.h>
 #include <unistd.h>
 
+#include "tls.h"
+
 typedef struct {
     uv_write_t req;
     ph_conn_t *conn;
@@ -34,6 +36,9 @@ static void on_timer(uv_timer_t *t);
 static void on_write_timer(uv_timer_t *t);
 static void finish(ph_conn_t *conn);
 static void uncork(ph_server_t *server);
+static void deliver(ph_conn_t *conn);
+static void tls_input(ph_conn_t *conn, const char *data, size_t len);
+static const ph_conn_proto_t handshake_proto;
 
 /* Reading is on while the connection is open and not paused, and while it closes (input is
  * then dropped), until the peer's FIN. */
@@ -79,19 +84,30 @@ int ph_conn_start(ph_conn_t *conn)
     server->nconns++;
     if (!conn->is_unix)
         uv_tcp_nodelay(&conn->h.tcp, 1);
+    conn->tls = NULL;
+    conn->tls_ready = conn->tls_notified = 0;
+    if (server->tls) {
+        /* The handshake comes first; the protocol is attached when it is done (ALPN). */
+        conn->tls = ph_tls_new(server->tls);
+        if (conn->tls == NULL)
+            return PH_ENOMEM;
+        conn->proto = &handshake_proto;
+        ph_conn_set_timeout(conn, server->cfg.timeout_request_header_ms);
+    }
     int rv = uv_read_start(&conn->h.stream, on_alloc, on_read);
     if (rv < 0)
         return rv;
     conn->reading = 1;
+    if (conn->tls == NULL && server->on_conn(server, conn) < 0)
+        return PH_EPROTO;
     return 0;
 }
 
 /* ---- reading ---- */
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* Room at the end of the read buffer (taken from the pool, compacted or grown as needed). */
+static void rbuf_space(ph_conn_t *conn, uv_buf_t *buf)
 {
-    (void)suggested;
-    ph_conn_t *conn = h->data;
     if (conn->rbuf == NULL) {
         conn->rbuf = ph_pool_get(&conn->server->rbufs, PH_RBUF_SIZE);
         conn->rcap = conn->rbuf ? PH_RBUF_SIZE : 0;
@@ -114,6 +130,23 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     }
     buf->base = conn->rbuf ? conn->rbuf + conn->rlen : NULL;
     buf->len = conn->rbuf ? conn->rcap - conn->rlen : 0;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    ph_conn_t *conn = h->data;
+    if (conn->tls == NULL) {
+        rbuf_space(conn, buf);
+        return;
+    }
+    /* Ciphertext: decrypted into the read buffer as soon as it is read, so every connection
+     * of the server reads into the same one. */
+    ph_server_t *server = conn->server;
+    if (server->tls_in == NULL)
+        server->tls_in = malloc(PH_RBUF_SIZE);
+    buf->base = server->tls_in;
+    buf->len = server->tls_in ? PH_RBUF_SIZE : 0;
 }
 
 static void release_rbuf(ph_conn_t *conn)
@@ -145,10 +178,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (conn->state != PH_CONN_OPEN) {
         /* Closing: input after our last response is read and dropped. */
-        conn->rstart = conn->rlen = 0;
+        if (conn->tls == NULL)
+            conn->rstart = conn->rlen = 0;
+        return;
+    }
+    if (conn->tls) {
+        tls_input(conn, buf->base, (size_t)nread);
         return;
     }
     conn->rlen += (size_t)nread;
+    deliver(conn);
+}
+
+/* New bytes are in the read buffer: the protocol takes them, its answers gathered in the cork. */
+static void deliver(ph_conn_t *conn)
+{
     ph_server_t *server = conn->server;
     int cork = server->corked == NULL &&
                (server->cork != NULL || (server->cork = malloc(PH_CORK_SIZE)) != NULL);
@@ -176,7 +220,7 @@ static int read_waiting(ph_conn_t *conn)
         n = read(fd, buf.base, buf.len);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        if (conn->rstart == conn->rlen)
+        if (conn->rstart == conn->rlen && conn->rbuf)
             release_rbuf(conn);
         return 0;
     }
@@ -320,6 +364,50 @@ static int write_now(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs, size
     return 0;
 }
 
+/* The TLS records the session made (handshake, data, alerts, close_notify) go out. 0, or a
+ * negative error from the socket. */
+static int tls_flush(ph_conn_t *conn)
+{
+    const char *p;
+    size_t n = ph_tls_output(conn->tls, &p);
+    if (n == 0)
+        return 0;
+    uv_buf_t b = {.base = (char *)p, .len = n};
+    int rv = write_now(conn, &b, 1, n);
+    ph_tls_output_done(conn->tls);
+    return rv;
+}
+
+/* Bytes of the protocol's stream to the socket: as they are, or as TLS records. A TLS
+ * failure here leaves the session unusable (records lost), so it aborts the connection. */
+static int transport_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs, size_t total)
+{
+    if (conn->tls == NULL)
+        return write_now(conn, bufs, nbufs, total);
+    int rv = 0;
+    if (nbufs > 1 && total <= PH_CORK_SIZE) {
+        /* One record for a head and its body, not one per buffer. */
+        char gather[PH_CORK_SIZE];
+        size_t off = 0;
+        for (unsigned i = 0; i < nbufs; i++) {
+            memcpy(gather + off, bufs[i].base, bufs[i].len);
+            off += bufs[i].len;
+        }
+        rv = ph_tls_write(conn->tls, gather, total);
+    } else {
+        for (unsigned i = 0; i < nbufs && rv == 0; i++)
+            rv = ph_tls_write(conn->tls, bufs[i].base, bufs[i].len);
+    }
+    if (rv == 0)
+        rv = tls_flush(conn);
+    if (rv < 0) {
+        ph_tls_output_done(conn->tls);
+        ph_conn_abort(conn);
+        return PH_ECLOSED;
+    }
+    return 0;
+}
+
 /* What conn gathered in the cork goes out now, in one write. A write that fails here fails
  * after the protocol was told it worked: the peer is gone (or memory is), so the connection
  * ends with a reset. 0, or PH_ECLOSED when it did. */
@@ -331,7 +419,7 @@ static int flush_cork(ph_conn_t *conn)
     if (len == 0 || conn->state != PH_CONN_OPEN)
         return 0;
     uv_buf_t b = {.base = server->cork, .len = len};
-    if (write_now(conn, &b, 1, len) < 0) {
+    if (transport_write(conn, &b, 1, len) < 0) {
         ph_conn_abort(conn);
         return PH_ECLOSED;
     }
@@ -390,7 +478,7 @@ int ph_conn_write(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs)
         if (flush_cork(conn) < 0)
             return PH_ECLOSED;
     }
-    return write_now(conn, bufs, nbufs, total);
+    return transport_write(conn, bufs, nbufs, total);
 }
 
 /* ---- files ---- */
@@ -430,7 +518,7 @@ static void pump(ph_conn_t *conn)
             conn->segs = sg->next; /* off the list first: write_now must not queue behind it */
             if (conn->segs == NULL)
                 conn->segs_tail = NULL;
-            int rv = write_now(conn, &b, 1, sg->len);
+            int rv = transport_write(conn, &b, 1, sg->len);
             free(sg);
             if (rv < 0) {
                 ph_conn_abort(conn);
@@ -482,7 +570,7 @@ static void pump(ph_conn_t *conn)
         sg->len -= (uint64_t)got;
         conn->squeued -= (size_t)got;
         uv_buf_t b = {.base = buf, .len = (size_t)got};
-        int rv = write_now(conn, &b, 1, (size_t)got);
+        int rv = transport_write(conn, &b, 1, (size_t)got);
         free(buf);
         if (rv < 0) {
             ph_conn_abort(conn);
@@ -509,7 +597,7 @@ int ph_conn_sendfile(ph_conn_t *conn, int fd, uint64_t offset, uint64_t len)
     }
     sg->next = NULL;
     sg->fd = fd;
-    sg->no_sendfile = 0;
+    sg->no_sendfile = conn->tls != NULL; /* the kernel cannot encrypt it (no kTLS) */
     sg->off = offset;
     sg->len = len;
     if (conn->segs_tail)
@@ -620,6 +708,17 @@ void ph_conn_close(ph_conn_t *conn, int linger)
     }
     if (conn->state != PH_CONN_FLUSHING || conn->wqueued > 0 || conn->segs)
         return; /* on_written() comes back here when the queue is empty */
+    if (conn->tls && conn->tls_ready && !conn->tls_notified) {
+        /* A clean close says so (close_notify), after everything else. */
+        conn->tls_notified = 1;
+        ph_tls_shutdown(conn->tls);
+        if (tls_flush(conn) < 0) {
+            finish(conn);
+            return;
+        }
+        if (conn->wqueued > 0)
+            return;
+    }
     if (conn->linger && !conn->eof) {
         /* Send our FIN, keep reading (and dropping) until the peer's FIN or the linger time. */
         uv_shutdown_t *req = malloc(sizeof(*req));
@@ -646,6 +745,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (conn->proto && conn->proto->on_free)
         conn->proto->on_free(conn);
     release_rbuf(conn);
+    ph_tls_free(conn->tls);
     free(conn);
 }
 
@@ -694,3 +794,147 @@ void ph_conn_abort(ph_conn_t *conn)
     }
     finish(conn);
 }
+
+/* ---- TLS ---- */
+
+static void debug(ph_conn_t *conn, const char *what)
+{
+    ph_server_t *server = conn->server;
+    if (server->debug)
+        server->debug(server, conn, what);
+}
+
+/* The handshake failed: the alert (if any) goes out and the connection closes. A client that
+ * spoke plain HTTP gets a plain answer it can read. */
+static void handshake_failed(ph_conn_t *conn)
+{
+    char line[256];
+    snprintf(line, sizeof(line), "TLS handshake failed: %s", ph_tls_error(conn->tls));
+    debug(conn, line);
+    if (conn->state != PH_CONN_OPEN)
+        return;
+    if (ph_tls_plain_http(conn->tls)) {
+        static const char plain[] = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\n"
+                                    "content-type: text/plain; charset=utf-8\r\n"
+                                    "content-length: 36\r\n\r\n"
+                                    "This port expects HTTPS, not HTTP.\r\n";
+        uv_buf_t b = {.base = (char *)plain, .len = sizeof(plain) - 1};
+        if (write_now(conn, &b, 1, b.len) < 0) {
+            ph_conn_abort(conn);
+            return;
+        }
+    }
+    ph_conn_close(conn, 1);
+}
+
+static void tls_input(ph_conn_t *conn, const char *data, size_t len)
+{
+    ph_tls_feed(conn->tls, data, len);
+    if (!conn->tls_ready) {
+        int rv = ph_tls_handshake(conn->tls);
+        if (tls_flush(conn) < 0) {
+            ph_conn_abort(conn);
+            return;
+        }
+        if (rv < 0) {
+            handshake_failed(conn);
+            return;
+        }
+        if (rv == 0)
+            return;
+        /* Done: the protocol ALPN chose takes over, with its own deadlines. */
+        conn->tls_ready = 1;
+        conn->deadline = 0;
+        conn->proto = NULL;
+        if (conn->server->on_conn(conn->server, conn) < 0) {
+            ph_conn_abort(conn);
+            return;
+        }
+        if (conn->state != PH_CONN_OPEN)
+            return;
+    }
+    int closed = 0;
+    for (;;) {
+        uv_buf_t b;
+        rbuf_space(conn, &b);
+        if (b.len == 0) {
+            ph_conn_abort(conn); /* out of memory */
+            return;
+        }
+        ssize_t n = ph_tls_read(conn->tls, b.base, b.len);
+        if (n > 0) {
+            conn->rlen += (size_t)n;
+            continue;
+        }
+        if (n == PH_TLS_CLOSED)
+            closed = 1;
+        else if (n < 0) {
+            char line[256];
+            snprintf(line, sizeof(line), "TLS: %s", ph_tls_error(conn->tls));
+            debug(conn, line);
+            tls_flush(conn); /* the alert, if the socket takes it */
+            conn->eof = 1;
+            update_reading(conn);
+            conn->proto->on_eof(conn, PH_EPROTO); /* nothing more can be read from it */
+            return;
+        }
+        break;
+    }
+    if (tls_flush(conn) < 0) { /* what reading made: tickets, a KeyUpdate's answer */
+        ph_conn_abort(conn);
+        return;
+    }
+    if (conn->rlen > conn->rstart)
+        deliver(conn);
+    else if (conn->rbuf)
+        ph_conn_consume(conn, 0); /* nothing new: the buffer goes back to the pool */
+    if (closed && conn->state == PH_CONN_OPEN && !conn->eof) {
+        conn->eof = 1;
+        update_reading(conn);
+        conn->proto->on_eof(conn, 0); /* close_notify: the peer sends no more */
+    }
+}
+
+/* While the handshake runs, no protocol is attached yet; this stands in for one. */
+static void hs_on_read(ph_conn_t *conn)
+{
+    (void)conn; /* input goes to tls_input() until the handshake is done */
+}
+
+static void hs_on_eof(ph_conn_t *conn, int err)
+{
+    (void)err;
+    debug(conn, "TLS handshake: the client closed the connection");
+    ph_conn_close(conn, 0);
+}
+
+static void hs_on_drain(ph_conn_t *conn)
+{
+    (void)conn;
+}
+
+static void hs_on_timeout(ph_conn_t *conn)
+{
+    debug(conn, "TLS handshake: timed out");
+    ph_conn_abort(conn);
+}
+
+static void hs_on_close(ph_conn_t *conn)
+{
+    (void)conn;
+}
+
+static void hs_drain(ph_conn_t *conn)
+{
+    ph_conn_close(conn, 0); /* no request can be in flight yet */
+}
+
+static const ph_conn_proto_t handshake_proto = {
+    .on_read = hs_on_read,
+    .on_eof = hs_on_eof,
+    .on_drain = hs_on_drain,
+    .on_timeout = hs_on_timeout,
+    .on_close = hs_on_close,
+    .drain = hs_drain,
+    .expire = ph_conn_abort,
+};

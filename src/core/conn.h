@@ -78,14 +78,19 @@ struct ph_conn_s {
     uint64_t nwrites;      /* writes handed to the socket (try_write or uv_write) */
     ph_conn_state_t state;
     unsigned reading : 1, paused : 1, eof : 1, linger : 1;
+    /* With TLS (server->tls): the session; ready once the handshake is done (until then a
+     * stand-in protocol holds the connection); notified once close_notify is queued. */
+    struct ph_tls_s *tls;
+    unsigned tls_ready : 1, tls_notified : 1;
     int handles_open; /* while closed: handles whose close callback is still to come */
     int is_unix;
     struct sockaddr_storage peer, local;
 };
 
 /* Takes an accepted stream handle (already uv_accept()ed into conn->h): sets up buffers and the
- * timers, links the connection into the server and starts reading. 0 or a negative error (then
- * the caller aborts it). */
+ * timers, links the connection into the server, starts reading and attaches the protocol
+ * (server->on_conn; with TLS after the handshake). 0 or a negative error (then the caller
+ * aborts it). */
 int ph_conn_start(ph_conn_t *conn);
 
 /* Marks n bytes at rbuf+rstart as consumed. */

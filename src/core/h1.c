@@ -666,7 +666,7 @@ static int want_h2c(h1_t *h)
 {
     const ph_request_t *r = &h->stream.req;
     if (!h->up_h2c || !h->up_conn || h->up_settings != 1 || h->server->cfg.http != PH_HTTP_AUTO ||
-        r->http_minor != 1 || h->draining || r->chunked || r->expect_continue ||
+        h->conn->tls || r->http_minor != 1 || h->draining || r->chunked || r->expect_continue ||
         r->content_length > UPGRADE_BODY_MAX)
         return 0;
     ph_slice_t v = h->up_settings_value;
@@ -725,7 +725,8 @@ static void on_headers(h1_t *h)
     h->stream.user = NULL;
     h->stream.peer = &h->conn->peer;
     h->stream.local = &h->conn->local;
-    h->stream.scheme = "http";
+    h->stream.scheme = h->conn->tls ? "https" : "http";
+    h->stream.tls = h->conn->tls;
     h->stream_open = 1;
     h->server->nstreams++;
     h->server->on_stream(h->server, &h->stream);
@@ -1532,7 +1533,8 @@ int ph_h1_attach(ph_conn_t *conn)
     h->resume.cb = on_resume;
     llhttp_init(&h->parser, HTTP_REQUEST, &settings);
     h->parser.data = h;
-    h->fresh = conn->server->cfg.http == PH_HTTP_AUTO;
+    /* h2c is for cleartext only: over TLS, ALPN chose the protocol. */
+    h->fresh = conn->server->cfg.http == PH_HTTP_AUTO && conn->tls == NULL;
     conn->proto = &h1_proto;
     conn->proto_data = h;
     /* A new connection owes its first request head within the header timeout. */

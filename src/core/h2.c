@@ -545,7 +545,8 @@ static void open_stream(h2_stream_t *st, int end_stream)
     st->stream.user = NULL;
     st->stream.peer = &h->conn->peer;
     st->stream.local = &h->conn->local;
-    st->stream.scheme = "http";
+    st->stream.scheme = h->conn->tls ? "https" : "http";
+    st->stream.tls = h->conn->tls;
     st->attached = 1;
     h->server->nstreams++;
     h->server->on_stream(h->server, &st->stream);

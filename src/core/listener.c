@@ -44,7 +44,7 @@ static void on_connection(uv_stream_t *s, int status)
         uv_close(&conn->h.handle, (uv_close_cb)free);
         return;
     }
-    if (ph_conn_start(conn) < 0 || server->on_conn(server, conn) < 0)
+    if (ph_conn_start(conn) < 0)
         ph_conn_abort(conn);
 }
 

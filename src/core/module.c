@@ -2,6 +2,7 @@
 #include "asgi.h"
 #include "h1.h"
 #include "h2.h"
+#include "tls.h"
 #include "wsgi.h"
 
 #include <string.h>
@@ -104,8 +105,15 @@ static PyObject *opt_obj(PyObject *opts, const char *key)
 
 int ph_attach_protocol(ph_server_t *server, ph_conn_t *conn)
 {
-    /* auto: HTTP/1.1, which hands over to HTTP/2 on the preface or an h2c upgrade */
-    return server->cfg.http == PH_HTTP_2 ? ph_h2_attach(conn) : ph_h1_attach(conn);
+    /* Over TLS, ALPN chose (with --http 2 only h2 is offered, and a client that names nothing
+     * gets it too); in cleartext, auto is HTTP/1.1, which hands over to HTTP/2 on the preface
+     * or an h2c upgrade. */
+    int h2 = server->cfg.http == PH_HTTP_2;
+    if (conn->tls && server->cfg.http == PH_HTTP_AUTO) {
+        const char *alpn = ph_tls_alpn(conn->tls);
+        h2 = alpn && strcmp(alpn, "h2") == 0;
+    }
+    return h2 ? ph_h2_attach(conn) : ph_h1_attach(conn);
 }
 
 int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_headers,
@@ -207,7 +215,8 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->server.on_conn = ph_attach_protocol;
     srv->server.on_stream = ph_asgi_on_stream;
 
-    if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0)
+    if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0 ||
+        ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0)
         goto fail;
     srv->root_path_bytes = PyUnicode_AsUTF8String(srv->root_path);
     if (srv->root_path_bytes == NULL)
@@ -229,6 +238,7 @@ fail:
 static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
 {
     Py_VISIT(srv->app);
+    Py_VISIT(srv->tls_held);
     Py_VISIT(srv->aloop);
     Py_VISIT(srv->state);
     Py_VISIT(srv->access_log);
@@ -292,6 +302,7 @@ static void server_dealloc(ph_pyserver_t *srv)
     close_loop(srv);
     server_clear(srv);
     Py_CLEAR(srv->root_path);
+    Py_CLEAR(srv->tls_held);
     Py_CLEAR(srv->root_path_bytes);
     Py_CLEAR(srv->extra_headers);
     tp->tp_free(srv);
@@ -581,7 +592,8 @@ static int module_exec(PyObject *m)
     st->server_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &server_spec, NULL);
     if (st->server_type == NULL || PyModule_AddType(m, st->server_type) < 0)
         return -1;
-    if (ph_asgi_init_types(m, st) < 0 || ph_wsgi_init_types(m, st) < 0)
+    if (ph_asgi_init_types(m, st) < 0 || ph_wsgi_init_types(m, st) < 0 ||
+        ph_pytls_init_types(m, st) < 0)
         return -1;
     return PyModule_AddStringConstant(m, "libuv_version", uv_version_string());
 }

@@ -115,4 +115,6 @@ void ph_server_free(ph_server_t *server)
     ph_pool_clear(&server->blocks);
     free(server->cork);
     server->cork = NULL;
+    free(server->tls_in);
+    server->tls_in = NULL;
 }

@@ -15,6 +15,7 @@ typedef struct ph_conn_s ph_conn_t;
 typedef struct ph_stream_s ph_stream_t;
 typedef struct ph_server_s ph_server_t;
 typedef struct ph_listener_s ph_listener_t;
+struct ph_tls_ctx_s;
 
 #define PH_RBUF_SIZE 16384
 #define PH_BLOCK_SIZE 2048
@@ -69,6 +70,14 @@ struct ph_server_s {
     char *cork;
     size_t cork_len;
     ph_conn_t *corked;
+    /* Set: every connection speaks TLS, the handshake first (bounded by the header timeout),
+     * then the protocol ALPN chose. The server does not own it. */
+    struct ph_tls_ctx_s *tls;
+    char *tls_in; /* ciphertext read buffer (PH_RBUF_SIZE), decrypted at once, so shared */
+    /* A line about a connection that ends below any request (a failed TLS handshake); NULL:
+     * not wanted. */
+    void (*debug)(ph_server_t *server, ph_conn_t *conn, const char *what);
+    void *debug_data;
 };
 
 /* Prepares a server on loop with safe defaults in cfg; the caller sets the hooks and config. */

@@ -80,7 +80,8 @@ struct ph_stream_s {
     void *user;                         /* the bridge's per-request object */
     ph_request_t req;
     const struct sockaddr_storage *peer, *local;
-    const char *scheme; /* "http" or "https" */
+    const char *scheme;   /* "http" or "https" */
+    struct ph_tls_s *tls; /* the connection's TLS session (tls.h), or NULL */
 };
 
 /* A bridge's own short answer to a stream no app saw (503 at a limit, 500 when memory ran

@@ -1,5 +1,7 @@
 #include "wsgi.h"
 
+#include "tls.h"
+
 #include <structmember.h>
 
 #include <arpa/inet.h>
@@ -80,6 +82,7 @@ typedef struct {
     ph_request_t req;
     struct sockaddr_storage peer, local;
     const char *scheme;
+    char *tls_env; /* with TLS: mod_ssl's variables (ph_tls_env()), read by the app thread */
     int has_sendfile;
     double t0;
     char *head_mem;
@@ -134,6 +137,7 @@ struct wsgi_server_s {
     atomic_size_t conns, inflight, running;
     PyObject *app, *access_log, *log_exception, *proxy, *root_path, *errors;
     PyObject *environ_template, *extra_headers;
+    PyObject *tls_held;              /* (TLSContext, debug callable) that server borrows */
     PyObject *hkeys[PH_HNAME_SLOTS]; /* "HTTP_..." environ keys by header name */
     PyObject *keys[NKEYS];
     PyObject *protos[3]; /* "HTTP/1.0" "HTTP/1.1" "HTTP/2" */
@@ -162,6 +166,7 @@ static void req_free(wreq_t *r)
     atomic_fetch_sub(&r->srv->inflight, 1);
     uv_cond_destroy(&r->cond);
     free(r->head_mem);
+    free(r->tls_env);
     free(r);
 }
 
@@ -223,6 +228,10 @@ static wreq_t *req_new(wsgi_server_t *srv, ph_stream_t *s)
     if (s->local)
         r->local = *s->local;
     r->scheme = s->scheme;
+    if (s->tls && (r->tls_env = ph_tls_env(s->tls)) == NULL) {
+        req_free(r);
+        return NULL;
+    }
     r->has_sendfile = s->ops->sendfile != NULL;
     r->stream = s;
     return r;
@@ -1343,7 +1352,8 @@ static PyObject *build_environ(wsgi_server_t *srv, wreq_t *r, PyObject *input)
     if (PyDict_SetItem(env, k[K_SERVER_PROTOCOL], proto) < 0 ||
         PyDict_SetItem(env, k[K_INPUT], input) < 0 ||
         PyDict_SetItem(env, k[K_URL_SCHEME], scheme) < 0 ||
-        set_latin1(srv, env, K_QUERY_STRING, rq->query.base, rq->query.len) < 0)
+        set_latin1(srv, env, K_QUERY_STRING, rq->query.base, rq->query.len) < 0 ||
+        (r->tls_env && ph_pytls_wsgi_environ(env, r->tls_env) < 0))
         goto fail;
     PyObject *method = ph_method_str(st, rq->method);
     if (method == NULL || PyDict_SetItem(env, k[K_REQUEST_METHOD], method) < 0) {
@@ -1834,6 +1844,7 @@ static PyObject *get_streams(wsgi_server_t *srv, void *c)
 static int wsrv_traverse(wsgi_server_t *srv, visitproc visit, void *arg)
 {
     Py_VISIT(srv->app);
+    Py_VISIT(srv->tls_held);
     Py_VISIT(srv->access_log);
     Py_VISIT(srv->log_exception);
     Py_VISIT(srv->proxy);
@@ -1863,6 +1874,7 @@ static void wsrv_dealloc(wsgi_server_t *srv)
         uv_mutex_destroy(&srv->mu);
     wsrv_clear(srv);
     Py_CLEAR(srv->root_path);
+    Py_CLEAR(srv->tls_held);
     Py_CLEAR(srv->errors);
     Py_CLEAR(srv->extra_headers);
     for (int i = 0; i < PH_HNAME_SLOTS; i++)
@@ -1958,7 +1970,8 @@ static PyObject *wsrv_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->server.host = srv;
     srv->server.on_conn = ph_attach_protocol;
     srv->server.on_stream = on_stream;
-    if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0)
+    if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0 ||
+        ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0)
         goto fail;
     PyObject *v = PyDict_GetItemString(opts, "access_log");
     srv->access_log = v && v != Py_None ? Py_NewRef(v) : NULL;

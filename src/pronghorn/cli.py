@@ -24,6 +24,8 @@ from pronghorn.config import (
     LIFESPAN_MODES,
     LOG_LEVELS,
     LOOP_CHOICES,
+    SSL_CERT_REQS,
+    SSL_MIN_VERSIONS,
     Config,
     ConfigError,
     flag_name,
@@ -81,7 +83,8 @@ OPTIONS: tuple[Option, ...] = (
         "http",
         "choice",
         "http",
-        "HTTP versions: auto = HTTP/1.1 and h2c on one port, 1 = HTTP/1.1 only, 2 = h2c only",
+        "HTTP versions: auto = HTTP/1.1 and HTTP/2 on one port (h2c in cleartext, ALPN over "
+        "TLS), 1 = HTTP/1.1 only, 2 = HTTP/2 only",
         None,
         HTTP_CHOICES,
     ),
@@ -116,6 +119,65 @@ OPTIONS: tuple[Option, ...] = (
         "http",
         "largest HTTP/2 frame accepted (16384 .. 16777215)",
         "BYTES",
+    ),
+    Option(
+        "--ssl-certfile",
+        "ssl_certfile",
+        "append",
+        "tls",
+        "serve HTTPS with this PEM certificate chain; repeat with --ssl-keyfile for more "
+        "certificates, chosen by SNI (the first also serves unknown names)",
+        "PATH",
+    ),
+    Option(
+        "--ssl-keyfile",
+        "ssl_keyfile",
+        "append",
+        "tls",
+        "the PEM private key of each --ssl-certfile, in the same order",
+        "PATH",
+    ),
+    Option(
+        "--ssl-keyfile-password",
+        "ssl_keyfile_password",
+        "value",
+        "tls",
+        "password of encrypted keys",
+        "PASSWORD",
+    ),
+    Option(
+        "--ssl-ca-certs",
+        "ssl_ca_certs",
+        "value",
+        "tls",
+        "PEM file of the CAs that sign client certificates (mTLS)",
+        "PATH",
+    ),
+    Option(
+        "--ssl-cert-reqs",
+        "ssl_cert_reqs",
+        "choice",
+        "tls",
+        "client certificates: none, optional (verified when sent) or required",
+        None,
+        SSL_CERT_REQS,
+    ),
+    Option(
+        "--ssl-ciphers",
+        "ssl_ciphers",
+        "value",
+        "tls",
+        "TLS 1.2 cipher list, OpenSSL syntax (TLS 1.3 suites are OpenSSL's defaults)",
+        "CIPHERS",
+    ),
+    Option(
+        "--ssl-min-version",
+        "ssl_min_version",
+        "choice",
+        "tls",
+        "oldest TLS version accepted (1.0 and 1.1 never are)",
+        None,
+        SSL_MIN_VERSIONS,
     ),
     Option(
         "--timeout-keep-alive",
@@ -238,6 +300,7 @@ _GROUPS = {
     "binding": "binding (fd beats uds beats host:port)",
     "app": "application",
     "http": "HTTP versions",
+    "tls": "TLS (HTTPS)",
     "timeouts": "timeouts",
     "limits": "limits",
     "headers": "response headers",
@@ -253,6 +316,10 @@ _DEFAULTS = {
 # Split an env header list on newlines, and on commas only where a new "Name:" follows, so
 # "Cache-Control: no-cache, no-store" stays one header.
 _ENV_HEADER_SPLIT = re.compile(r"\r?\n|,(?=\s*[!#$%&'*+\-.^_`|~0-9A-Za-z]+\s*:)")
+
+
+def _split_commas(raw: str) -> list[str]:
+    return [p.strip() for p in raw.split(",")]
 
 
 def _show_default(value: Any) -> str:
@@ -341,7 +408,8 @@ def options_from(ns: argparse.Namespace, environ: Mapping[str, str]) -> tuple[di
         if raw is None or not raw.strip():
             continue
         if opt.kind == "append":
-            options[opt.field] = [h for h in _ENV_HEADER_SPLIT.split(raw) if h.strip()]
+            split = _ENV_HEADER_SPLIT.split if opt.field == "headers" else _split_commas
+            options[opt.field] = [h for h in split(raw) if h.strip()]
         else:
             options[opt.field] = raw
         sources[opt.field] = env
@@ -389,9 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pronghorn import logs
 
         logs.configure(config.log_level, config.access_log)
-        from pronghorn.server import serve
+        from pronghorn.server import serve, tls_context
 
-        return int(serve(config) or 0)
+        try:
+            tls = tls_context(config)  # certificates are checked before the app loads or binds
+        except ConfigError as exc:
+            _error(str(exc))
+            return 2
+        return int(serve(config, tls) or 0)
     except ConfigError as exc:  # the app could not be loaded
         if _debugging(options) and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__)

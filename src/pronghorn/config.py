@@ -33,6 +33,11 @@ INTERFACE_CHOICES = ("auto", "asgi", "wsgi")
 #: app threads in WSGI mode (README, WSGI: enough to overlap blocking I/O, few enough that
 #: Python threads do not spend their time handing the GIL around)
 DEFAULT_THREADS = 8
+#: client certificates: none asked for; optional (asked for, verified when sent); required
+SSL_CERT_REQS = ("none", "optional", "required")
+#: uvicorn's numbers for the same (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)
+_SSL_CERT_REQS_NUMBERS = {"0": "none", "1": "optional", "2": "required"}
+SSL_MIN_VERSIONS = ("1.2", "1.3")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 _INT32_MAX = 2**31 - 1
@@ -258,6 +263,13 @@ class Config:
     h2_initial_window_size: int = 262144
     h2_max_header_list_size: int = 0
     h2_max_frame_size: int = 16384
+    ssl_certfile: list[str] = field(default_factory=list)
+    ssl_keyfile: list[str] = field(default_factory=list)
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: str = "none"
+    ssl_ciphers: str | None = None
+    ssl_min_version: str = "1.2"
     timeout_keep_alive: float = 5.0
     timeout_request_header: float = 10.0
     timeout_request_body: float = 30.0
@@ -304,6 +316,7 @@ class Config:
         self.h2_max_frame_size = _as_int(
             "h2_max_frame_size", self.h2_max_frame_size, 16384, 16777215
         )
+        self._validate_tls()
         if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise _fail("loop", "uvloop is not installed (pip install uvloop)", "uvloop")
 
@@ -400,6 +413,75 @@ class Config:
         if self.uds is not None and self.fd is not None:
             raise ConfigError(
                 f"--uds and --fd are mutually exclusive, got {self.uds!r} and {self.fd}"
+            )
+
+    @property
+    def ssl(self) -> bool:
+        """Whether the server speaks TLS (--ssl-certfile given)."""
+        return bool(self.ssl_certfile)
+
+    def _validate_tls(self) -> None:
+        def paths(name: str, value: Any) -> list[str]:
+            if value is None:
+                return []
+            if isinstance(value, (str, os.PathLike)):
+                value = [value]
+            if not isinstance(value, (list, tuple)):
+                raise _fail(name, "must be a file path (or a list of them)", value)
+            out = []
+            for v in value:
+                if isinstance(v, os.PathLike):
+                    v = os.fspath(v)
+                if not isinstance(v, str) or not v.strip() or "\0" in v:
+                    raise _fail(name, "must be a file path", v)
+                out.append(v.strip())
+            return out
+
+        def one_path(name: str, value: Any) -> str | None:
+            items = paths(name, value)
+            if len(items) > 1:
+                raise _fail(name, "must be one file path", value)
+            return items[0] if items else None
+
+        self.ssl_certfile = paths("ssl_certfile", self.ssl_certfile)
+        self.ssl_keyfile = paths("ssl_keyfile", self.ssl_keyfile)
+        self.ssl_ca_certs = one_path("ssl_ca_certs", self.ssl_ca_certs)
+        reqs = self.ssl_cert_reqs
+        if isinstance(reqs, int) and not isinstance(reqs, bool):
+            reqs = str(reqs)
+        if isinstance(reqs, str):
+            reqs = _SSL_CERT_REQS_NUMBERS.get(reqs.strip(), reqs)
+        self.ssl_cert_reqs = _as_choice("ssl_cert_reqs", reqs, SSL_CERT_REQS)
+        version = self.ssl_min_version
+        if isinstance(version, float):
+            version = str(version)
+        if isinstance(version, str):
+            version = version.strip().lower().removeprefix("tlsv")
+        self.ssl_min_version = _as_choice("ssl_min_version", version, SSL_MIN_VERSIONS)
+        for name in ("ssl_keyfile_password", "ssl_ciphers"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise _fail(name, "must be a string", value)
+        if not self.ssl_certfile:
+            given = [
+                n
+                for n in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_ciphers")
+                if getattr(self, n)
+            ]
+            if self.ssl_cert_reqs != "none":
+                given.append("ssl_cert_reqs")
+            if given:
+                raise ConfigError(f"{flag_name(given[0])} needs --ssl-certfile (TLS is off)")
+            return
+        if len(self.ssl_keyfile) != len(self.ssl_certfile):
+            raise ConfigError(
+                f"--ssl-keyfile: give one per --ssl-certfile, got {len(self.ssl_keyfile)} "
+                f"key(s) for {len(self.ssl_certfile)} certificate(s)"
+            )
+        if self.ssl_cert_reqs != "none" and not self.ssl_ca_certs:
+            raise ConfigError(
+                f"--ssl-cert-reqs {self.ssl_cert_reqs} needs --ssl-ca-certs (the CAs that "
+                "sign client certificates)"
             )
 
     @staticmethod

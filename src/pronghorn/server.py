@@ -113,11 +113,39 @@ def _extra_headers(config: Config) -> bytes:
 
 def _describe(config: Config, sock: socket.socket, is_unix: bool) -> str:
     if is_unix:
-        return f"unix socket {sock.getsockname()}"
+        return f"unix socket {sock.getsockname()}" + (" (TLS)" if config.ssl else "")
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if config.ssl else 'http'}://{host}:{port}"
+
+
+def tls_context(config: Config):
+    """The TLS context (certificates loaded and checked), or None without --ssl-certfile. Made
+    before binding: a bad file, a wrong password or a key that does not match is a ConfigError
+    (one line, exit 2) before any socket exists."""
+    if not config.ssl:
+        return None
+    from . import _core
+
+    try:
+        return _core.TLSContext(
+            config.ssl_certfile,
+            config.ssl_keyfile,
+            password=config.ssl_keyfile_password,
+            ca_certs=config.ssl_ca_certs,
+            cert_reqs=("none", "optional", "required").index(config.ssl_cert_reqs),
+            ciphers=config.ssl_ciphers,
+            min_version=13 if config.ssl_min_version == "1.3" else 12,
+            h2=config.http != "1",
+            http1=config.http != "2",
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _log_debug(peer: str, what: str) -> None:
+    logger.debug("%s - %s", peer, what)
 
 
 class _Shutdown:
@@ -140,10 +168,12 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def _core_options(config: Config) -> dict:
-    """What the C core's servers take (limits, timeouts, HTTP/2 settings, logging hooks)."""
+def _core_options(config: Config, tls=None) -> dict:
+    """What the C core's servers take (limits, timeouts, HTTP/2 settings, TLS, logging hooks)."""
     access = logs.access_log_line if config.access_log and logs.access_log_enabled() else None
     return {
+        "tls": tls,
+        "log_debug": _log_debug if logger.isEnabledFor(logging.DEBUG) else None,
         "timeout_keep_alive": config.timeout_keep_alive,
         "timeout_request_header": config.timeout_request_header,
         "timeout_request_body": config.timeout_request_body,
@@ -174,7 +204,7 @@ def _ignore_signal(signum, frame) -> None:
     pass
 
 
-def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
+def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None) -> int:
     """WSGI: the reactor on a thread of its own, the app on --threads threads; this (the main)
     thread only waits for signals and runs the shutdown. No asyncio loop is involved."""
     from . import _core
@@ -187,7 +217,7 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
     # started (a shell's `&` ignores SIGINT) is still delivered to sigwait(), as the ASGI
     # server's loop.add_signal_handler() also makes it.
     old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in signals}
-    options = _core_options(config)
+    options = _core_options(config, tls)
     options["errors"] = sys.stderr
     server = _core.WSGIServer(app, options)
     threads = [
@@ -241,7 +271,9 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool]]) -> int:
+async def _serve(
+    config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None
+) -> int:
     from . import _core
 
     loop = asyncio.get_running_loop()
@@ -259,7 +291,7 @@ async def _serve(config: Config, app: Any, socks: list[tuple[socket.socket, bool
             sock.close()
         return 3
 
-    options = _core_options(config)
+    options = _core_options(config, tls)
     server = _core.Server(app, loop, state, options)
     names = []
     for sock, is_unix in socks:
@@ -315,9 +347,12 @@ def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def serve(config: Config) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the process exit code."""
+def serve(config: Config, tls=None) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit code. tls: what
+    tls_context(config) made, if the caller checked the certificates already."""
     logs.configure(config.log_level, config.access_log)
+    if tls is None:
+        tls = tls_context(config)
     app = config.load_app()
     interface = config.app_interface(app)
     socks = bind_sockets(config)
@@ -327,7 +362,7 @@ def serve(config: Config) -> int:
             "Serving a WSGI app on %d thread(s) (--interface %s)", config.threads, config.interface
         )
         try:
-            return _serve_wsgi(config, app, socks)
+            return _serve_wsgi(config, app, socks, tls)
         finally:
             sys.stderr.flush()
     logger.info("Serving an ASGI app (--interface %s)", config.interface)
@@ -335,7 +370,7 @@ def serve(config: Config) -> int:
     logger.debug("Event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(_serve(config, app, socks))
+        return loop.run_until_complete(_serve(config, app, socks, tls))
     except KeyboardInterrupt:
         return 0
     finally:

@@ -134,8 +134,7 @@ static void setup(fixture_t *f, int sndbuf)
     c->is_unix = 1;
     uv_pipe_init(&f->loop.uv, &c->h.pipe, 0);
     uv_pipe_open(&c->h.pipe, fds[0]);
-    ph_conn_start(c);
-    on_conn(&f->server, c);
+    ph_conn_start(c); /* attaches the protocol through server.on_conn */
     f->conn = c;
 }
 
