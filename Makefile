@@ -10,10 +10,11 @@ PORT   ?= 8000
 # C libraries and tools the build and the tests use. python3-dev/python3-venv: headers for
 # the extension and `python3 -m venv` on a stock Debian python3. libclang-rt-14-dev holds
 # clang's libFuzzer and sanitizer runtimes (`make fuzz`): only a Recommends of clang, so
-# --no-install-recommends leaves it out unless it is named here.
+# --no-install-recommends leaves it out unless it is named here. chromium: the real browser the
+# TLS tests load a page with (headless).
 DEB_PACKAGES := libuv1-dev node-llhttp libnghttp2-dev libssl-dev zlib1g-dev pkg-config \
 	curl nghttp2-client netcat-openbsd wrk clang clang-format libclang-rt-14-dev gcc libtsan2 \
-	python3-dev python3-venv
+	python3-dev python3-venv chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # meson-python records the meson/ninja it finds on PATH for editable rebuilds on import.
@@ -141,10 +142,13 @@ test-tsan: $(DEPS_STAMP)
 soak: build
 	$(BIN)/python tests/soak.py --requests 1000000
 	$(BIN)/python tests/soak.py --requests 600000 --app wsgi_app:app --warmup-rounds 1
+	$(BIN)/python tests/soak.py --requests 400000 --tls
 
 leak-check: $(ASAN_STAMP)
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check --app wsgi_app:app
+	$(BIN)/python tests/soak.py --requests 20000 --leak-check --tls
+	$(BIN)/python tests/soak.py --requests 20000 --leak-check --tls --app wsgi_app:app
 
 # ---- fuzzing ----------------------------------------------------------------------------------
 # libFuzzer targets (clang); `make fuzz FUZZ_SECONDS=60` runs each for that long from the seed

@@ -5,9 +5,10 @@
 Mix (against basic:app, or --app wsgi_app:app for the WSGI bridge): keep-alive GETs and
 pipelined GETs (wrk), plus uploads, aborted uploads, client resets and malformed requests from
 raw sockets; HTTP/2 GETs (h2load, 16 streams a connection) and HTTP/2 uploads, stream resets
-and dropped connections (the h2 library). Prints RSS after a warm-up and at the end; exits 1
-if it grew by more than --slack-mib. Not part of `make test` (it takes a few minutes); run by
-`make soak`.
+and dropped connections (the h2 library). With --tls all of it goes over TLS (a certificate
+made by trustme), plus abandoned and garbage handshakes. Prints RSS after a warm-up and at the
+end; exits 1 if it grew by more than --slack-mib. Not part of `make test` (it takes a few
+minutes); run by `make soak`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -36,6 +38,36 @@ request = function() return req end
 """
 
 
+# "https" with --tls: every client below then speaks TLS (certificates not verified).
+SCHEME = "http"
+
+
+def connect(port: int, alpn: str = "http/1.1") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if SCHEME == "http":
+        return s
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([alpn])
+    try:
+        return ctx.wrap_socket(s)
+    except BaseException:
+        s.close()
+        raise
+
+
+def make_cert(directory: str) -> list[str]:
+    """The server's TLS flags, with a certificate for 127.0.0.1 written into directory."""
+    import trustme
+
+    leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    leaf.cert_chain_pems[0].write_to_path(cert)
+    leaf.private_key_pem.write_to_path(key)
+    return ["--ssl-certfile", cert, "--ssl-keyfile", key]
+
+
 def rss(pid: int) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -50,7 +82,7 @@ def free_port() -> int:
 
 
 def wrk(port: int, seconds: float, conns: int, script: str | None = None) -> int:
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:.0f}s", f"http://127.0.0.1:{port}/id?n=k"]
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:.0f}s", f"{SCHEME}://127.0.0.1:{port}/id?n=k"]
     if script:
         argv[1:1] = ["-s", script]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -62,13 +94,29 @@ def wrk(port: int, seconds: float, conns: int, script: str | None = None) -> int
 
 
 def raw_mix(port: int, n: int) -> int:
-    """Uploads, aborted uploads, client resets and malformed requests, one connection each."""
+    """Uploads, aborted uploads, client resets and malformed requests, one connection each
+    (with TLS also handshakes abandoned half way and garbage instead of a ClientHello)."""
     rnd = random.Random(1)
     done = 0
     body = os.urandom(32 * 1024)
     for _ in range(n):
-        kind = rnd.randrange(4)
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        kind = rnd.randrange(6 if SCHEME == "https" else 4)
+        if kind >= 4:  # TLS only: a handshake that never completes
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(
+                    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" if kind == 4 else body[:300]
+                )
+                if kind == 5:
+                    try:
+                        s.recv(4096)
+                    except OSError:
+                        pass
+            done += 1
+            continue
+        try:
+            s = connect(port)
+        except OSError:
+            continue
         try:
             if kind == 0:  # a whole upload, answered
                 s.sendall(
@@ -107,7 +155,7 @@ def raw_mix(port: int, n: int) -> int:
 def h2load(port: int, n: int) -> int:
     """HTTP/2 GETs, many streams per connection (h2load, Debian nghttp2-client)."""
     out = subprocess.run(
-        ["h2load", "-n", str(n), "-c", "8", "-m", "16", f"http://127.0.0.1:{port}/"],
+        ["h2load", "-n", str(n), "-c", "8", "-m", "16", f"{SCHEME}://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
     ).stdout
@@ -123,9 +171,12 @@ def h2_mix(port: int, n: int) -> int:
     import h2.errors
 
     body = os.urandom(32 * 1024)
-    head = [(":method", "POST"), (":path", "/echo"), (":scheme", "http"), (":authority", "t")]
+    head = [(":method", "POST"), (":path", "/echo"), (":scheme", SCHEME), (":authority", "t")]
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            s = connect(port, "h2")
+        except OSError:
+            continue
         c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         try:
             c.initiate_connection()
@@ -148,7 +199,7 @@ def h2_mix(port: int, n: int) -> int:
                         c.acknowledge_received_data(ev.flow_controlled_length, 1)
                 s.sendall(c.data_to_send())
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except (OSError, h2.exceptions.H2Error):
+        except (OSError, ssl.SSLError, h2.exceptions.H2Error):
             pass
         finally:
             s.close()
@@ -184,8 +235,14 @@ def main() -> int:
         help="full rounds of the mix before RSS is first taken (a WSGI server's app threads "
         "each grow a malloc arena of their own during the first one)",
     )
+    ap.add_argument("--tls", action="store_true", help="everything over TLS (HTTP/1.1 and h2)")
     args = ap.parse_args()
 
+    global SCHEME
+    tls_flags: list[str] = []
+    if args.tls:
+        SCHEME = "https"
+        tls_flags = make_cert(tempfile.mkdtemp(prefix="soak-tls-"))
     port = free_port()
     env = dict(os.environ)
     binary = REPO / ".venv/bin/pronghorn"
@@ -212,6 +269,7 @@ def main() -> int:
             "--no-access-log",
             "--log-level",
             "warning",
+            *tls_flags,
         ],
         cwd=REPO,
         env=env,

@@ -1,5 +1,6 @@
 """h2spec, every case over h2c (cleartext, prior knowledge): against ``--http 2`` and against
-``--http auto``, where the first bytes of a connection decide between h2c and HTTP/1.1.
+``--http auto``, where the first bytes of a connection decide between h2c and HTTP/1.1; and
+over TLS, where ALPN decides.
 
 h2spec is pinned in ``tests/h2spec/go.mod`` and built into ``.tools/bin`` by ``make h2spec``,
 which ``make test`` runs first. It runs all of its cases, the strict one included (``--strict``:
@@ -70,13 +71,16 @@ class H2specRun:
         return c["passed"] + len(set(self.failed) & exempt) == c["tests"]
 
 
-def run_h2spec(port: int, report: Path, host: str = "127.0.0.1") -> H2specRun:
-    """Every h2spec case (``--strict``) against host:port over h2c. The JUnit report (written
-    to ``report``) names the failed and skipped cases; the text output explains the failures."""
+def run_h2spec(port: int, report: Path, host: str = "127.0.0.1", tls=False) -> H2specRun:
+    """Every h2spec case (``--strict``) against host:port over h2c (or TLS with ALPN h2, the
+    certificate not checked). The JUnit report (written to ``report``) names the failed and
+    skipped cases; the text output explains the failures."""
     argv = [
         h2spec_executable(), "--strict", "-h", host, "-p", str(port),
         "-o", str(CASE_TIMEOUT), "--junit-report", str(report),
     ]  # fmt: skip
+    if tls:
+        argv += ["-t", "-k"]
     try:
         proc = subprocess.run(
             argv, capture_output=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL
@@ -132,3 +136,24 @@ def test_h2spec_every_case_over_h2c(server, tmp_path, capsys, http):
     died = "" if alive else f"the server exited with {srv.proc.returncode}\n"
     ok = run.clean(exempt) and alive
     assert ok, died + explain(run, srv.log(), exempt)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_h2spec_every_case_over_tls(server, tmp_path, capsys):
+    """Over TLS, ALPN chooses h2 before any HTTP/2 byte: no case is exempt."""
+    import trustme
+
+    leaf = trustme.CA().issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    srv = server(
+        "h2spec_app:app", "--lifespan", "off", "--no-access-log",
+        "--ssl-certfile", cert, "--ssl-keyfile", key,
+    )  # fmt: skip
+    run = run_h2spec(srv.port, tmp_path / "h2spec-junit.xml", tls=True)
+    with capsys.disabled():
+        print(f"\nh2spec (TLS): {run.summary or 'no summary line'}")
+    alive = srv.proc.poll() is None
+    died = "" if alive else f"the server exited with {srv.proc.returncode}\n"
+    assert run.clean() and alive, died + explain(run, srv.log())

@@ -5,8 +5,10 @@ made per test module with trustme."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
+import shutil
 import socket
 import ssl
 import subprocess
@@ -149,7 +151,7 @@ def test_httpx_scope_and_tls_extension(https, certs, http2):
     assert scope["http_version"] == ("2" if http2 else "1.1")
     tls = scope["extensions"]["tls"]
     assert tls["server_cert"] == certs.leaf_pem
-    assert tls["client_cert_chain"] == []
+    assert list(tls["client_cert_chain"]) == []
     assert tls["client_cert_name"] is None
     assert tls["client_cert_error"] is None
     assert tls["tls_version"] == 0x0304
@@ -222,6 +224,40 @@ def test_h2_prior_knowledge_and_upgrade_are_cleartext_only(https, certs):
             b"http2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
         )
         assert read_all(s).startswith(b"HTTP/1.1 200")
+
+
+# -- a real browser ----------------------------------------------------------------------------
+
+
+def _spki_pin(cert_path: str) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list entry for this certificate: it then
+    trusts this key and no other (a narrower trust than --ignore-certificate-errors)."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.mark.parametrize("http,version", [("auto", "2"), ("1", "1.1")])
+def test_chromium_renders_a_page_over_https(module_server, certs, tmp_path, http, version):
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is in the Makefile's package list"
+    srv = module_server("browser_app:app", *certs.flags("--http", http))
+    argv = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--ignore-certificate-errors-spki-list={_spki_pin(certs.cert)}",
+        "--virtual-time-budget=10000",  # lets the page's fetch finish before the dump
+        "--dump-dom", f"https://127.0.0.1:{srv.port}/",
+    ]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert f"fetched http_version={version} scheme=https tls_version=0x304" in out.stdout, (
+        out.stdout[-2000:] + out.stderr[-2000:]
+    )
+    assert f'"GET /info HTTP/{"2" if version == "2" else "1.1"}" 200' in srv.log()
 
 
 # -- bodies, backpressure, files ---------------------------------------------------------------
@@ -466,6 +502,7 @@ def test_stalled_handshakes_time_out_and_stall_nobody(module_server, certs):
     srv.wait_for_log(r"TLS handshake: timed out")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
 def test_old_tls_versions_refused(https, certs, version):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

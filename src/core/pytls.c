@@ -207,7 +207,14 @@ static PyObject *opt_str(const char *s)
     return s ? PyUnicode_FromString(s) : Py_NewRef(Py_None);
 }
 
-PyObject *ph_pytls_asgi_extension(ph_tls_t *t)
+static void decref(void *o)
+{
+    Py_DECREF((PyObject *)o); /* sessions are freed on the loop's thread, which holds the GIL */
+}
+
+/* What the session tells the app, made once per connection (its certificates as PEM are
+ * the costly part) and kept with the session. */
+static PyObject *asgi_tls_dict(ph_tls_t *t)
 {
     PyObject *d = PyDict_New();
     PyObject *chain = PyList_New(0);
@@ -227,7 +234,7 @@ PyObject *ph_pytls_asgi_extension(ph_tls_t *t)
         PyObject *value;
     } items[] = {
         {"server_cert", take_str(ph_tls_server_cert_pem(t))},
-        {"client_cert_chain", Py_NewRef(chain)},
+        {"client_cert_chain", PyList_AsTuple(chain)},
         {"client_cert_name", take_str(ph_tls_peer_field(t, PH_TLS_SUBJECT))},
         {"client_cert_error", opt_str(ph_tls_peer_error(t))},
         {"tls_version", PyLong_FromLong(ph_tls_version(t))},
@@ -235,8 +242,8 @@ PyObject *ph_pytls_asgi_extension(ph_tls_t *t)
     };
     int ok = 1;
     for (size_t i = 0; i < sizeof(items) / sizeof(items[0]); i++) {
-        if (ok &&
-            (items[i].value == NULL || PyDict_SetItemString(d, items[i].key, items[i].value) < 0))
+        if (ok && (items[i].value == NULL ||
+                   PyDict_SetItemString(d, items[i].key, items[i].value) < 0))
             ok = 0;
         Py_XDECREF(items[i].value);
     }
@@ -250,6 +257,18 @@ fail:
     Py_XDECREF(chain);
     Py_XDECREF(d);
     return NULL;
+}
+
+PyObject *ph_pytls_asgi_extension(ph_tls_t *t)
+{
+    PyObject *d = ph_tls_data(t);
+    if (d == NULL) {
+        d = asgi_tls_dict(t);
+        if (d == NULL)
+            return NULL;
+        ph_tls_set_data(t, d, decref);
+    }
+    return PyDict_Copy(d); /* each request its own dict; the values are immutable */
 }
 
 int ph_pytls_wsgi_environ(PyObject *env, const char *packed)

@@ -43,6 +43,8 @@ struct ph_tls_s {
     ph_tls_ctx_t *ctx;
     const char *in; /* fed and not yet taken by OpenSSL (the caller's buffer) */
     size_t in_len;
+    void *data;
+    void (*data_free)(void *);
     int shut;
     int plain_http; /* the handshake failed on a plain HTTP request */
     char err[200];
@@ -435,8 +437,23 @@ void ph_tls_free(ph_tls_t *t)
         t->ctx->out_len = 0; /* its records go nowhere now */
         t->ctx->out_owner = NULL;
     }
+    if (t->data_free)
+        t->data_free(t->data);
     SSL_free(t->ssl);
     free(t);
+}
+
+void ph_tls_set_data(ph_tls_t *t, void *data, void (*free_fn)(void *))
+{
+    if (t->data_free)
+        t->data_free(t->data);
+    t->data = data;
+    t->data_free = free_fn;
+}
+
+void *ph_tls_data(const ph_tls_t *t)
+{
+    return t->data;
 }
 
 int ph_tls_feed(ph_tls_t *t, const char *data, size_t len)

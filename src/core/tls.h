@@ -48,6 +48,11 @@ void ph_tls_ctx_rotate_tickets(ph_tls_ctx_t *ctx);
 ph_tls_t *ph_tls_new(ph_tls_ctx_t *ctx);
 void ph_tls_free(ph_tls_t *t);
 
+/* Something the layer above keeps with the session (a cache of what it made from it):
+ * free_fn(data) runs when the session is freed, or when it is replaced. */
+void ph_tls_set_data(ph_tls_t *t, void *data, void (*free_fn)(void *));
+void *ph_tls_data(const ph_tls_t *t);
+
 /* Bytes read from the peer. 0 or PH_ENOMEM. */
 int ph_tls_feed(ph_tls_t *t, const char *data, size_t len);
 
