@@ -36,11 +36,13 @@ static void on_connection(uv_stream_t *s, int status)
     }
     size_t max = server->cfg.limit_max_connections;
     if (max && server->nconns >= max) {
-        /* Over the limit: a last answer from a static buffer, then the socket goes at once. */
+        /* Over the limit: a last answer from a static buffer (in cleartext only: a TLS client
+         * could not read it), then the socket goes at once. */
         static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n"
                                    "content-length: 0\r\n\r\n";
         uv_buf_t b = {.base = (char *)busy, .len = sizeof(busy) - 1};
-        uv_try_write(&conn->h.stream, &b, 1);
+        if (server->tls == NULL)
+            uv_try_write(&conn->h.stream, &b, 1);
         uv_close(&conn->h.handle, (uv_close_cb)free);
         return;
     }
