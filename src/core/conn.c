@@ -854,6 +854,7 @@ static void tls_input(ph_conn_t *conn, const char *data, size_t len)
             return;
     }
     int closed = 0;
+    size_t before = conn->rlen - conn->rstart;
     for (;;) {
         uv_buf_t b;
         rbuf_space(conn, &b);
@@ -884,10 +885,11 @@ static void tls_input(ph_conn_t *conn, const char *data, size_t len)
         ph_conn_abort(conn);
         return;
     }
-    if (conn->rlen > conn->rstart)
+    /* Only new plaintext goes up (a record may carry none: a ticket, a KeyUpdate). */
+    if (conn->rlen - conn->rstart > before)
         deliver(conn);
-    else if (conn->rbuf)
-        ph_conn_consume(conn, 0); /* nothing new: the buffer goes back to the pool */
+    else if (conn->rbuf && conn->rstart == conn->rlen)
+        ph_conn_consume(conn, 0); /* nothing buffered: the buffer goes back to the pool */
     if (closed && conn->state == PH_CONN_OPEN && !conn->eof) {
         conn->eof = 1;
         update_reading(conn);

@@ -466,7 +466,8 @@ int ph_tls_feed(ph_tls_t *t, const char *data, size_t len)
 static void set_error(ph_tls_t *t, int e)
 {
     unsigned long code = ERR_peek_last_error();
-    if (code && ERR_GET_REASON(code) == SSL_R_HTTP_REQUEST)
+    if (code && (ERR_GET_REASON(code) == SSL_R_HTTP_REQUEST ||
+                 ERR_GET_REASON(code) == SSL_R_HTTPS_PROXY_REQUEST))
         t->plain_http = 1;
     if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN || code == 0)
         snprintf(t->err, sizeof(t->err), "the peer closed the TLS session");
@@ -505,6 +506,9 @@ ssize_t ph_tls_read(ph_tls_t *t, char *buf, size_t len)
 
 int ph_tls_write(ph_tls_t *t, const char *data, size_t len)
 {
+    ph_tls_ctx_t *c = t->ctx;
+    if (!SSL_is_init_finished(t->ssl) || (c->out_len > 0 && c->out_owner != t))
+        return PH_ESTATE; /* before the handshake, or another session's records not taken */
     while (len > 0) {
         size_t n = 0;
         ERR_clear_error();
@@ -538,11 +542,21 @@ size_t ph_tls_output(ph_tls_t *t, const char **data)
     return c->out_len;
 }
 
+/* Past this, the shared output buffer is given back once taken (a big body written at once
+ * must not pin its size for the server's life). */
+#define OUT_KEEP (256 * 1024)
+
 void ph_tls_output_done(ph_tls_t *t)
 {
-    if (t->ctx->out_owner == t) {
-        t->ctx->out_len = 0;
-        t->ctx->out_owner = NULL;
+    ph_tls_ctx_t *c = t->ctx;
+    if (c->out_owner != t)
+        return;
+    c->out_len = 0;
+    c->out_owner = NULL;
+    if (c->out_cap > OUT_KEEP) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
     }
 }
 

@@ -64,7 +64,8 @@ int ph_tls_handshake(ph_tls_t *t);
  * peer sent close_notify, PH_EPROTO on a broken record (see ph_tls_error()). */
 ssize_t ph_tls_read(ph_tls_t *t, char *buf, size_t len);
 
-/* Encrypts len bytes; the records wait in ph_tls_output(). 0, PH_ENOMEM or PH_EPROTO. */
+/* Encrypts len bytes; the records wait in ph_tls_output(). 0, PH_ENOMEM, PH_EPROTO, or
+ * PH_ESTATE before the handshake is done or while another session's output is not taken. */
 int ph_tls_write(ph_tls_t *t, const char *data, size_t len);
 
 /* Queues close_notify in ph_tls_output() (once). */
