@@ -242,8 +242,8 @@ static PyObject *asgi_tls_dict(ph_tls_t *t)
     };
     int ok = 1;
     for (size_t i = 0; i < sizeof(items) / sizeof(items[0]); i++) {
-        if (ok && (items[i].value == NULL ||
-                   PyDict_SetItemString(d, items[i].key, items[i].value) < 0))
+        if (ok &&
+            (items[i].value == NULL || PyDict_SetItemString(d, items[i].key, items[i].value) < 0))
             ok = 0;
         Py_XDECREF(items[i].value);
     }
