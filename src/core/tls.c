@@ -279,6 +279,7 @@ static SSL_CTX *new_ctx(ph_tls_ctx_t *c, const ph_tls_options_t *o, size_t i, ch
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"pronghorn", 9);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+    SSL_CTX_set_num_tickets(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, c);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, c);
