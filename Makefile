@@ -183,17 +183,19 @@ fuzz: $(addprefix build-fuzz/fuzz_,$(FUZZ_TARGETS))
 	done
 
 # ---- benchmark --------------------------------------------------------------------------------
-# `make bench`: every scenario against every peer server in the same run (about 25 min; method
+# `make bench`: every scenario against every peer server in the same run (about 30 min; method
 # and settings in bench/README.md). The peers are pinned in bench/requirements.txt and live in
 # bench/.venv; oha is built once into $(BENCH_TOOLS) (a few minutes: do not run it alongside a
 # benchmark). `make bench-smoke`: one short round against pronghorn alone (< 90 s, no peers; the
-# fixed-rate rows use oha if it is installed, else a paced wrk). BENCH_ARGS passes options to
-# bench/run.py, e.g. `make bench BENCH_ARGS="--servers pronghorn nginx --rounds 1"`.
+# fixed-rate rows use oha if it is installed, else a paced wrk). The TLS rows need the openssl
+# command line tool (the run's certificate) and cc (gcc, from DEB_PACKAGES: bench/noresume.c).
+# BENCH_ARGS passes options to bench/run.py, e.g.
+# `make bench BENCH_ARGS="--servers pronghorn nginx --rounds 1"`.
 .PHONY: bench bench-smoke bench-deps
 BENCH_VENV  := bench/.venv
 BENCH_TOOLS ?= bench/.tools
 OHA_VERSION := 1.16.0
-BENCH_DEB   := wrk nghttp2-client nginx
+BENCH_DEB   := wrk nghttp2-client nginx openssl
 BENCH_ARGS  ?=
 
 # $(call deb_install,PACKAGES): apt-get install the ones that are missing.
@@ -229,7 +231,7 @@ bench: build bench-deps
 	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 bench-smoke: build
-	$(call deb_install,wrk nghttp2-client)
+	$(call deb_install,wrk nghttp2-client openssl)
 	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
 
 # Build output only; `distclean` also drops the venv.

@@ -2,12 +2,15 @@
 
 Every runner returns a dict with at least "rps", "errors" (socket errors, timeouts, failed
 requests) and "non2xx" (answers that were not 2xx); a run with either above zero is flagged and
-does not count as a result.
+does not count as a result. wrk and h2load also say how much of its core the tool used
+("client_cpu"): near 1.0, the figure may be the load generator's ceiling, not the server's.
+Over HTTPS neither verifies the certificate (the run's is self-signed).
 """
 
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,24 +50,39 @@ def _pinned(argv):
     return ["taskset", "-c", CLIENT_CPU, *argv]
 
 
+def _children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _run(argv, timeout, env=None):
+    """The tool's CompletedProcess, with .client_cpu: the cores it used over its run (the
+    reaped children's CPU time; the servers under test are reaped only once stopped)."""
+    cpu0, t0 = _children_cpu(), time.monotonic()
     try:
         out = subprocess.run(
             _pinned(argv), capture_output=True, text=True, timeout=timeout, env=env
         )
     except subprocess.TimeoutExpired as e:
         raise ToolError(f"{argv[0]} did not finish within {timeout:.0f}s") from e
+    out.client_cpu = round((_children_cpu() - cpu0) / max(time.monotonic() - t0, 1e-6), 3)
     return out
 
 
-def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0):
-    """Closed-loop HTTP/1.1 load; depth > 1 pipelines, pace_ms > 0 waits before each request."""
+def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0, headers=(), preload=None):
+    """Closed-loop HTTP/1.1 load; depth > 1 pipelines, pace_ms > 0 waits before each request.
+    headers: ("Name: value", ...) added to every request (wrk -H); with "Connection: close"
+    wrk opens a new connection for each request. preload: a library to LD_PRELOAD into wrk
+    (bench/noresume.c: no TLS session resumption)."""
     exe = find_tool("wrk")
     if not exe:
         raise ToolError("wrk not installed")
     env = dict(os.environ, BENCH_WRK_DELAY="1" if pace_ms else "0")
+    if preload:
+        env["LD_PRELOAD"] = str(preload)
     argv = [
         exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
+        *(x for h in headers for x in ("-H", h)),
         "-s", str(WRK_LUA), url, "--", str(depth), method, str(body), str(pace_ms),
     ]  # fmt: skip
     out = _run(argv, timeout=seconds + 60, env=env)
@@ -83,18 +101,21 @@ def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0):
         "p50_ms": lat["50"] / 1000,
         "p99_ms": lat["99"] / 1000,
         "p999_ms": lat["99.9"] / 1000,
+        "client_cpu": out.client_cpu,
         "raw": raw,
     }
 
 
 def h2load(url, conns, streams, seconds, warmup):
-    """HTTP/2 over cleartext (prior knowledge): conns connections, streams in flight on each."""
+    """HTTP/2: conns connections, streams in flight on each. An http:// URL is h2c with prior
+    knowledge; an https:// one is TLS offering ALPN h2 alone (by default h2load also offers
+    http/1.1 and would fall back to it unnoticed)."""
     exe = find_tool("h2load")
     if not exe:
         raise ToolError("h2load not installed (Debian package nghttp2-client)")
     argv = [
         exe, "-t1", f"-c{conns}", f"-m{streams}", "-D", str(seconds),
-        "--warm-up-time", str(warmup), url,
+        "--warm-up-time", str(warmup), *_alpn_h2(url), url,
     ]  # fmt: skip
     out = _run(argv, timeout=seconds + warmup + 60)
     text = out.stdout
@@ -114,6 +135,11 @@ def h2load(url, conns, streams, seconds, warmup):
     c2, c3, c4, c5 = map(int, codes.groups())
     errors = failed + errored + timeout
     raw = {"total": total, "succeeded": ok, "failed": failed, "errored": errored}
+    for key, pattern in (("tls_protocol", r"^TLS Protocol: (\S+)"), ("cipher", r"^Cipher: (\S+)"),
+                         ("alpn", r"^Application protocol: (\S+)")):  # fmt: skip
+        m = re.search(pattern, text, re.M)
+        if m:
+            raw[key] = m.group(1)
     if per_conn:
         raw["conn_rps_min_max_mean"] = [float(x) for x in per_conn.groups()]
         if float(per_conn.group(1)) == 0:
@@ -124,17 +150,23 @@ def h2load(url, conns, streams, seconds, warmup):
         "requests": done,
         "errors": errors if done else max(1, errors),
         "non2xx": c3 + c4 + c5,
+        "client_cpu": out.client_cpu,
         "raw": raw,
     }
 
 
+def _alpn_h2(url):
+    return ["--npn-list=h2"] if url.startswith("https:") else []
+
+
 def h2_probe(url):
-    """True if the server answers prior-knowledge HTTP/2 (h2c) requests."""
+    """True if the server answers HTTP/2 requests: h2c with prior knowledge (http://) or h2
+    by ALPN (https://)."""
     exe = find_tool("h2load")
     if not exe:
         return False
     try:
-        out = _run([exe, "-n4", "-c1", url], timeout=15)
+        out = _run([exe, "-n4", "-c1", *_alpn_h2(url), url], timeout=15)
     except ToolError:
         return False
     return "4 succeeded" in out.stdout

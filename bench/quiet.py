@@ -52,24 +52,34 @@ def _steal():
     return int(fields[8]) / HZ if len(fields) > 8 else 0.0
 
 
+def _group_cpu(procs, pgid):
+    return sum(cpu for _, pgrp, cpu, _ in procs.values() if pgrp == pgid)
+
+
 class Watch:
-    """Foreign CPU use and hypervisor steal, in cores, over the lifetime of the `with` block."""
+    """Foreign CPU use and hypervisor steal, in cores, over the lifetime of the `with` block;
+    and the server's own (its process group's), as `server`."""
 
     def __init__(self, server_pgid):
         self.pgid = server_pgid
         self.foreign = 0.0
         self.steal = 0.0
+        self.server = 0.0
         self.top = []  # [(name, pid, cores)]: who the foreign time came from, largest first
 
     def __enter__(self):
         self.t0 = time.monotonic()
         self.steal0 = _steal()
-        self.before = _foreign(processes(), self.pgid)
+        procs = processes()
+        self.before = _foreign(procs, self.pgid)
+        self.server0 = _group_cpu(procs, self.pgid)
         return self
 
     def __exit__(self, *exc):
-        after = _foreign(processes(), self.pgid)
+        procs = processes()
+        after = _foreign(procs, self.pgid)
         wall = max(time.monotonic() - self.t0, 1e-3)
+        self.server = (_group_cpu(procs, self.pgid) - self.server0) / wall
         used = {}
         for pid, (cpu, name) in after.items():
             delta = cpu - self.before.get(pid, (0.0, name))[0]

@@ -5,6 +5,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 UNITS = {"rps": "req/s", "latency": "ms (p99)", "rss": "KiB per conn"}
+# The load generator used at least this much of its one core: the figure may be its ceiling.
+CLIENT_BOUND = 0.95
 TOOLS = {
     "wrk": "wrk",
     "h2load": "h2load",
@@ -28,7 +30,11 @@ TARGETS = [
     ("pronghorn ≥ 0.7× nginx, HTTP/2 16 × 32 streams", "h2_streams", "nginx", "ratio", 0.7),
     ("pronghorn ≥ 1.5× granian, WSGI hello", "wsgi_hello", "granian", "ratio", 1.5),
     ("pronghorn ≥ 5× gunicorn, WSGI hello", "wsgi_hello", "gunicorn", "ratio", 5.0),
-]
+    ("pronghorn ≥ 1.5× granian, TLS hello (HTTP/1.1 keep-alive)", "tls_hello", "granian", "ratio",
+     1.5),
+    ("pronghorn ≥ 1.2× uvicorn, new TLS connections (handshakes/s)", "tls_handshakes", "uvicorn",
+     "ratio", 1.2),
+]  # fmt: skip
 
 
 def _who(r):
@@ -40,6 +46,7 @@ def _who(r):
 def describe_sample(sc, label, r):
     """One progress line for the log."""
     head = f"[{r['round']}] {sc.key:<11} {label:<10} {r.get('elapsed_s', 0):4.0f}s"
+    unit = sc.unit or UNITS[sc.metric]
     if "failed" in r:
         return f"{head} FAILED: {r['failed']}"
     flag = ""
@@ -65,7 +72,12 @@ def describe_sample(sc, label, r):
         )
     if sc.transfer and r.get("bytes_per_s") is not None:
         return f"{head} {r['rps']:,.0f} req/s, {_mib(r['bytes_per_s'])} MiB/s{flag}"
-    return f"{head} {r['rps']:,.0f} req/s{flag}"
+    if r.get("tls"):  # what was negotiated, and how busy the server and the client were
+        cpu = ""
+        if r.get("client_cpu") is not None and r.get("server_cpu") is not None:
+            cpu = f", cores: server {r['server_cpu']:.2f}, client {r['client_cpu']:.2f}"
+        return f"{head} {r['rps']:,.0f} {unit} ({r['tls']}{cpu}){flag}"
+    return f"{head} {r['rps']:,.0f} {unit}{flag}"
 
 
 def _mib(bytes_per_s):
@@ -123,9 +135,20 @@ def build(meta, scenarios, servers, samples, notes):
             seen = [x["pathsend"] for x in got if "pathsend" in x]
             if seen:  # the file scenario: did the app see http.response.pathsend?
                 row["pathsend"] = seen[-1]
+            seen = [x["tls"] for x in got if "tls" in x]
+            if seen:  # a TLS scenario: the version, cipher and ALPN protocol negotiated
+                row["tls"] = seen[-1]
+            for k in ("client_cpu", "server_cpu"):  # cores the load generator, the server used
+                cpu = [x[k] for x in valid if x.get(k) is not None]
+                if cpu:
+                    row[k] = _stats(cpu)
+            if sc.reconnect:  # figure ÷ the server's cores: its rate were wrk not the limit
+                per_core = [x["rps"] / x["server_cpu"] for x in valid if x.get("server_cpu")]
+                if per_core:
+                    row["per_server_core"] = _stats(per_core)
             rows.append(row)
         entry = asdict(sc)
-        entry.update(unit=UNITS[sc.metric], tool=TOOLS[sc.tool], rows=rows)
+        entry.update(unit=sc.unit or UNITS[sc.metric], tool=TOOLS[sc.tool], rows=rows)
         out["scenarios"].append(entry)
     _ratios(out)
     out["targets"] = _targets(out)
@@ -235,9 +258,16 @@ def _targets(out):
                 ratio, how = _median(ph) / _median(other), "ratio of medians"
             t["measured"] = round(ratio, 2)
             t["text"] = (
-                f"{ratio:.2f}× ({how}; medians {_median(ph):,.0f} vs {_median(other):,.0f} req/s)"
+                f"{ratio:.2f}× ({how}; medians {_median(ph):,.0f} vs {_median(other):,.0f} "
+                f"{sc['unit']})"
             )
             t["met"] = ratio >= limit
+            busy = max(_median(ph, "client_cpu") or 0, _median(other, "client_cpu") or 0)
+            if busy >= CLIENT_BOUND:
+                t["note"] = f"the load generator used {busy:.2f} of its core: maybe its ceiling"
+                a, b = _median(ph, "per_server_core"), _median(other, "per_server_core")
+                if a and b:
+                    t["note"] += f"; per server core {a / b:.2f}× ({a:,.0f} vs {b:,.0f})"
         elif kind == "p99":
             p99 = _median(ph, "p99_ms")
             t["measured"] = round(p99, 3)
@@ -271,6 +301,11 @@ def _fmt(v, metric):
 
 def _x(v):
     return "—" if v is None else f"{v:.2f}×"
+
+
+def _cores(r):
+    server, client = _median(r, "server_cpu"), _median(r, "client_cpu")
+    return "—" if server is None or client is None else f"{server:.2f} / {client:.2f}"
 
 
 def _spread(st, metric):
@@ -333,6 +368,24 @@ def markdown(results, charts_rel=()):
                 "Scope advertised `http.response.pathsend` (FileResponse then hands the server "
                 "the path; else it streams 64 KiB chunks): " + ", ".join(pathsend) + ".",
             ]
+        tls = [f"{r['server']} {r['tls']}" for r in sc["rows"] if "tls" in r]
+        if tls:
+            lines += [
+                "",
+                "Negotiated with an OpenSSL client offering what the load generator offers: "
+                + ", ".join(tls)
+                + ".",
+            ]
+        if sc.get("reconnect"):
+            lines += [
+                "",
+                "Cores: what the server's process group (over the warm-up and the measurement) "
+                "and wrk used. A full handshake can cost wrk's OpenSSL as much as the "
+                "server's, and wrk has one core: a row whose wrk is near 1.00 and whose server "
+                "is not measures wrk's ceiling. Per server core: the figure ÷ the server's "
+                "cores, what it would reach on a core of its own were wrk not the limit "
+                "(roughly: a server that is not saturated wakes up more often per handshake).",
+            ]
         flags = []
         for r in sc["rows"]:
             flags += [f"- flagged, not counted: {r['server']} {f}" for f in r["flags"]
@@ -365,12 +418,14 @@ def _table(sc):
     metric = sc["metric"]
     ceiling = "nginx" + (f" (scenario {sc['ceiling']})" if sc["ceiling"] else "")
     transfer = sc.get("transfer")
+    per_core = sc.get("reconnect")
     # no nginx row to compare with (2c's file, 6d's sleep): no column
     has_ceiling = "nginx" in sc["kinds"] or sc["ceiling"]
     if metric == "rps":
         head = (
-            "| server | req/s | min–max | "
+            f"| server | {sc['unit']} | min–max | "
             + ("MiB/s (read by wrk) | " if transfer else "")
+            + ("per server core | cores: server / wrk | " if per_core else "")
             + "pronghorn ÷ this | "
             + (f"this ÷ {ceiling} | " if has_ceiling else "")
             + "valid runs |"
@@ -400,6 +455,7 @@ def _table(sc):
                 _fmt(st["median"], metric),
                 _spread(st, metric),
                 *([_mib(_median(r, "transfer")) if r.get("transfer") else "—"] if transfer else []),
+                *([_fmt(_median(r, "per_server_core"), metric), _cores(r)] if per_core else []),
                 _x(r.get("pronghorn_over_this")) if not r["id"].startswith("pronghorn") else "",
                 *([_x(r.get("this_over_nginx"))] if has_ceiling else []),
                 runs,
@@ -466,8 +522,9 @@ def charts(results, outdir):
             _bars(ax, rows, ys, colors, sc["metric"])
         ax.set_yticks(ys, names)
         ax.set_title(f"{sc['number']} · {sc['title']}", fontsize=11, loc="left")
+        per_s = "requests/s" if sc["unit"] == "req/s" else sc["unit"]
         ax.set_xlabel(
-            {"rps": "requests/s (median, bar = min–max)", "latency": "latency, ms (log scale)"}.get(
+            {"rps": f"{per_s} (median, bar = min–max)", "latency": "latency, ms (log scale)"}.get(
                 sc["metric"], "KiB of RSS per idle connection (lower is better)"
             )
         )
@@ -574,7 +631,7 @@ def readme_section(results, charts=(), history_chart=None, charts_dir="bench/res
     for sc in results["scenarios"]:
         rows = {r["server"]: r for r in sc["rows"]}
         metric = sc["metric"]
-        unit = {"rps": "req/s", "latency": "p99 ms", "rss": "KiB/conn"}[metric]
+        unit = {"rps": sc["unit"], "latency": "p99 ms", "rss": "KiB/conn"}[metric]
         values = {k: _median(r) for k, r in rows.items() if r["status"] == "ok"}
         apps = {k: v for k, v in values.items() if k != "nginx"}
         best = None

@@ -6,8 +6,10 @@
 Method (bench/README.md has the why): each server runs one worker pinned with all its threads
 to CPU 0, the load generator to CPU 1. Each round starts every server in turn (forward order,
 then reversed in the next round), warms it up, then runs each of its scenarios: a warm-up, then
-the measurement. A run with errors or non-2xx answers is flagged and does not count. Results go
-to bench/results/<date>-<commit>.json, bench/results/latest.md and bench/results/charts/.
+the measurement. A run with errors or non-2xx answers is flagged and does not count. The TLS
+scenarios run on an instance of each server started with one certificate made for the run.
+Results go to bench/results/<date>-<commit>.json, bench/results/latest.md and
+bench/results/charts/.
 """
 
 import argparse
@@ -64,6 +66,11 @@ class Scenario:
     # seconds between the warm-up and the measurement, for the requests the warm-up left queued
     # to drain (a server finishes them after wrk has hung up)
     settle: float = 0
+    tls: bool = False  # HTTPS, on the server's TLS instance (Server.tls_argv), the run's cert
+    # every request on a new connection ("Connection: close"), each a full TLS handshake: wrk
+    # runs with bench/noresume.c preloaded, which stops it resuming sessions
+    reconnect: bool = False
+    unit: str | None = None  # what the figures count, if not the metric's unit (report.UNITS)
 
     def has_row(self, server):
         """Whether the server gets a row in this scenario's table."""
@@ -73,6 +80,7 @@ class Scenario:
 
 
 ASGI = ("asgi", "nginx")
+TLS_PEERS = ("granian", "uvicorn", "nginx")
 SCENARIOS = [
     Scenario("hello", "1", "ASGI hello (13 B), keep-alive, 64 conns", ASGI, "wrk", "rps"),
     Scenario(
@@ -123,20 +131,46 @@ SCENARIOS = [
         "h2_streams", "6c", "HTTP/2 (h2c) hello, 16 conns × 32 streams", ASGI, "h2load", "rps",
         conns=16, streams=32, needs="h2",
     ),
+    # TLS: pronghorn, granian, uvicorn and nginx only (hypercorn, pyvoy and gunicorn not run)
+    Scenario(
+        "tls_hello", "7a", "TLS hello, HTTP/1.1 keep-alive, 64 conns", ASGI, "wrk", "rps",
+        peers=TLS_PEERS, tls=True,
+    ),
+    Scenario(
+        "tls_h2_hello", "7b", "TLS HTTP/2 (ALPN h2) hello, 64 conns × 1 stream", ASGI, "h2load",
+        "rps", needs="h2", peers=TLS_PEERS, tls=True,
+    ),
+    Scenario(
+        "tls_handshakes", "7c", "new TLS connections (full handshake per request), 64 conns",
+        ASGI, "wrk", "rps", peers=TLS_PEERS, tls=True, reconnect=True, unit="handshakes/s",
+    ),
 ]  # fmt: skip
 
 # What runs first on a fresh server: idle_rss wants a warmed-up but unfragmented process, the
 # 1 MiB file (and the megabytes of buffers it may leave) comes after the latency rows, and the
-# 10k-connection storm goes last. wsgi_sleep100 runs on an instance of its own (more threads).
+# 10k-connection storm goes last. wsgi_sleep100 runs on an instance of its own (more threads),
+# and so do the TLS rows (HTTPS), after the cleartext ones.
 RUN_ORDER = [
     "idle_rss", "hello", "pipelined", "body10k", "echo10k", "sleep10ms", "wsgi_hello",
     "wsgi_sleep100", "rate5k", "rate20k", "rate40k", "file1m", "h2_hello", "h2_streams",
-    "conns10k",
+    "conns10k", "tls_hello", "tls_h2_hello", "tls_handshakes",
 ]  # fmt: skip
 
 # The h2 rows of a server that should speak h2c but does not answer h2load's prior-knowledge
 # probe: a note, not a figure.
 NO_H2C = "no h2c (prior knowledge) answer: see its log"
+NO_H2_TLS = "no h2 over TLS (ALPN) answer: see its log"
+
+# The run's certificate: RSA 2048, self-signed for localhost and 127.0.0.1, made at start into
+# a temporary directory with the openssl command line tool. RSA, not ECDSA: signing is the
+# server's costly half of a handshake and verifying the client's cheap one, so 7c measures the
+# servers (with ECDSA the client's half costs more and wrk's one core is the limit).
+CERT_CMD = [
+    "openssl", "req", "-x509", "-newkey", "rsa:2048",
+    "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    "-days", "2",
+]  # fmt: skip
+NORESUME_C = Path(__file__).resolve().parent / "noresume.c"
 
 # A disturbed measurement is repeated at most RETRIES times, after waiting up to QUIET_WAIT
 # seconds for the machine to be quiet, while repeats have taken less than RETRY_BUDGET seconds
@@ -265,6 +299,12 @@ class Bench:
         """None if the scenario runs on the server, else why not (shown in its row)."""
         if not sc.has_row(server):
             return "skip"
+        if sc.tls and ("tls" not in server.features or not server.tls_argv):
+            return server.lacks.get("tls", "n/a")
+        if sc.tls and not self.tls_files:
+            return "no certificate: `openssl req` failed or is not installed (see the log)"
+        if sc.reconnect and not self.noresume:
+            return "no bench/noresume.c build (cc): wrk would resume TLS sessions"
         if sc.needs and sc.needs not in server.features:
             if sc.needs == "h2" and "h2?" in server.features:
                 return None  # probed once the server is up
@@ -283,6 +323,8 @@ class Bench:
         conns = self.many if sc.conns == 10000 else sc.conns
         if sc.tool == "wrk":
             args = dict(depth=sc.depth, method=sc.method, body=sc.body)
+            if sc.reconnect:
+                args.update(headers=["Connection: close"], preload=self.noresume)
             secs = cfg["seconds"] + (2 if sc.conns == 10000 else 0)  # connecting takes a while
             loadgen.wrk(url, conns, cfg["warmup"], **args)
             time.sleep(sc.settle)
@@ -337,17 +379,19 @@ class Bench:
         # server with an h2 command line of its own (granian --http 2) serves its h2 rows from
         # a second instance, and a scenario with options of its own (Server.scenario_args,
         # e.g. 32 threads) gets an instance with them.
+        # The TLS rows run on an instance of their own (Server.tls_argv) that serves HTTP/1.1
+        # and h2 on one HTTPS port, as pronghorn does.
         instances = {}
         for key in RUN_ORDER:
             if key in todo:
                 sc = todo[key]
-                h2_instance = bool(server.h2_argv) and sc.needs == "h2"
+                h2_instance = bool(server.h2_argv) and sc.needs == "h2" and not sc.tls
                 extra = tuple(server.scenario_args.get(key, ()))
-                instances.setdefault((h2_instance, extra), []).append(sc)
-        for (h2_instance, extra), scenarios in instances.items():
-            self._serve(server, rnd, scenarios, h2_instance, extra)
+                instances.setdefault((h2_instance, extra, sc.tls), []).append(sc)
+        for (h2_instance, extra, tls), scenarios in instances.items():
+            self._serve(server, rnd, scenarios, h2_instance, extra, tls)
 
-    def _serve(self, server, rnd, ordered, h2_instance, extra=()):
+    def _serve(self, server, rnd, ordered, h2_instance, extra=(), tls=False):
         if server.is_pronghorn and self.source_fp:
             fp = pronghorn_source_fingerprint()
             if fp not in self.sources_seen:
@@ -356,7 +400,10 @@ class Bench:
                     log("  !! pronghorn's source changed since the run started (an edit or a "
                         "commit): its rows now mix builds")  # fmt: skip
         t0 = time.monotonic()
-        run = Running(server, self.log_dir, h2_instance=h2_instance, extra=extra)
+        run = Running(
+            server, self.log_dir, h2_instance=h2_instance, extra=extra,
+            tls=self.tls_files if tls else None,
+        )  # fmt: skip
         h2_ok = True
         try:
             if h2_instance:
@@ -371,9 +418,15 @@ class Bench:
                     self.notes[sc.key][server.id] = server.lacks.get("h2", "n/a")
                     continue
                 if sc.needs == "h2" and not h2_ok:
-                    self.notes[sc.key][server.id] = NO_H2C
+                    self.notes[sc.key][server.id] = NO_H2_TLS if tls else NO_H2C
                     continue
                 tags = {}
+                if sc.tls:  # what the server negotiates (progress line and table)
+                    try:
+                        # as the load generator: h2load offers h2 alone, wrk no ALPN
+                        tags = {"tls": run.tls_info(("h2",) if sc.tool == "h2load" else ())}
+                    except OSError as e:
+                        tags = {"tls": f"handshake failed: {e}"}
                 if sc.file_size:
                     wrong, tags = self._check_file(sc, run)
                     if wrong:
@@ -395,14 +448,15 @@ class Bench:
         pronghorn's h2 rows ("h2?"); a peer that should but does not gets a note in those rows
         this round instead of a figure."""
         ok = loadgen.h2_probe(run.url("/", h2=True))
+        how = "h2 over TLS (ALPN)" if run.tls else "h2c"
         if "h2?" in server.features:
             server.features.discard("h2?")
             if ok:
                 server.features.add("h2")
                 server.lacks.pop("h2", None)
-                log(f"  {server.id}: answers HTTP/2 (h2c): h2 rows enabled")
+                log(f"  {server.id}: answers HTTP/2 ({how}): h2 rows enabled")
         elif "h2" in server.features and not ok:
-            log(f"  !! {server.id}: {NO_H2C}")
+            log(f"  !! {server.id}: {NO_H2_TLS if run.tls else NO_H2C}")
         return ok
 
     def _check_file(self, sc, run):
@@ -432,6 +486,7 @@ class Bench:
                     result = {"failed": str(e)}
             result["elapsed_s"] = round(time.monotonic() - t0, 1)
             result.update(tags or {})
+            result["server_cpu"] = round(watch.server, 3)  # warm-up included
             result["foreign_cpu"] = round(watch.foreign, 3)
             result["steal_cpu"] = round(watch.steal, 3)
             if watch.top:
@@ -487,6 +542,7 @@ class Bench:
         self.retries = 0
         load = os.getloadavg()
         files = self._make_file()
+        tls_dir = self._make_tls()
         try:
             for rnd in range(1, self.cfg["rounds"] + 1):
                 order = self.servers if rnd % 2 else list(reversed(self.servers))
@@ -494,8 +550,9 @@ class Bench:
                 for server in order:
                     self.serve(server, rnd)
         finally:
-            if files:
-                shutil.rmtree(files, ignore_errors=True)
+            for d in (files, tls_dir):
+                if d:
+                    shutil.rmtree(d, ignore_errors=True)
         meta = self.meta(started, load)
         return report.build(meta, self.scenarios, self.servers, self.samples, self.notes)
 
@@ -512,6 +569,60 @@ class Bench:
         os.environ[FILE_1M_ENV] = str(path)
         return files
 
+    def _make_tls(self):
+        """The TLS scenarios' certificate and key (self.tls_files) and, for 7c, wrk's
+        no-resumption shim (self.noresume), in a temporary directory: the directory, or None.
+        What cannot be made leaves the rows a note (applies)."""
+        self.tls_files = self.noresume = None
+        if not any(sc.tls for sc in self.scenarios):
+            return None
+        tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
+        cert, key = tmp / "cert.pem", tmp / "key.pem"
+        try:
+            out = subprocess.run(
+                [*CERT_CMD, "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True
+            )
+        except OSError as e:
+            log(f"warning: no certificate for the TLS rows: {e}")
+        else:
+            if out.returncode == 0:
+                self.tls_files = (cert, key)
+            else:
+                log(f"warning: no certificate for the TLS rows: {out.stderr.strip()[-300:]}")
+        if any(sc.reconnect for sc in self.scenarios):
+            so = tmp / "noresume.so"
+            cc = os.environ.get("CC", "cc")
+            try:
+                out = subprocess.run(
+                    [cc, "-shared", "-fPIC", "-O2", "-o", str(so), str(NORESUME_C), "-ldl"],
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                ok, why = out.returncode == 0, out.stderr.strip()[-300:]
+            except OSError as e:
+                ok, why = False, str(e)
+            if ok:
+                self.noresume = so
+            else:
+                log(f"warning: bench/noresume.c did not build: {why}")
+        return tmp
+
+    def tls_meta(self):
+        if not any(sc.tls for sc in self.scenarios):
+            return None
+        try:
+            version = subprocess.run(["openssl", "version"], capture_output=True, text=True)
+            openssl = version.stdout.strip()
+        except OSError:
+            openssl = "not installed"
+        return {
+            "certificate": "RSA 2048, self-signed for localhost and 127.0.0.1, one per run: "
+            + " ".join(CERT_CMD),
+            "openssl": openssl,
+            "verification": "none by the load generators (wrk and h2load do not verify)",
+            "new_connections": "wrk -H 'Connection: close' with bench/noresume.c preloaded: "
+            "every request a new connection and a full handshake (no session resumption)",
+        }
+
     def meta(self, started, load):
         tools = {t: loadgen.tool_version(t) for t in ("wrk", "h2load", "oha")}
         if not self.oha and any(sc.tool == "oha" for sc in self.scenarios):
@@ -519,6 +630,7 @@ class Bench:
         versions = {}
         for s in self.servers:
             versions.setdefault(s.label, s.version())
+        tls = self.tls_meta()
         return {
             "date": datetime.datetime.fromtimestamp(started).astimezone().isoformat("T", "seconds"),
             "commit": self.commit,
@@ -536,6 +648,7 @@ class Bench:
             "machine": machine_info(),
             "versions": versions,
             "tools": tools,
+            **({"tls": tls} if tls else {}),
             "settings": {
                 **self.cfg,
                 "many_connections": self.many,
@@ -552,6 +665,11 @@ class Bench:
                     for s in self.servers
                     for key, extra in s.scenario_args.items()
                     if any(sc.key == key for sc in self.scenarios)
+                },
+                **{
+                    f"{s.id} (TLS rows)": command_line(s, tls=True)
+                    for s in self.servers
+                    if s.tls_argv and any(sc.tls and sc.has_row(s) for sc in self.scenarios)
                 },
             },
             "scenarios": [asdict(sc) for sc in self.scenarios],
@@ -577,13 +695,15 @@ def rebuild(results):
     return report.build(meta, scenarios, servers, samples, notes)
 
 
-def command_line(server, h2=False, extra=()):
+def command_line(server, h2=False, extra=(), tls=False):
     """The server's command line as recorded in the results, without this machine's paths."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-argv-"))
     try:
-        argv = servers.with_args(
-            (server.h2_argv if h2 else server.argv)(8000, 8001, scratch), extra
-        )
+        if tls:  # nginx: the certificate is in its rendered configuration
+            argv = server.tls_argv(8000, 8000, scratch, "$TLS/cert.pem", "$TLS/key.pem")
+        else:
+            argv = (server.h2_argv if h2 else server.argv)(8000, 8001, scratch)
+        argv = servers.with_args(argv, extra)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     argv[0] = Path(argv[0]).name

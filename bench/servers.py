@@ -36,9 +36,10 @@ BACKLOG = "4096"
 BACKPRESSURE = "16384"
 
 # What pronghorn can serve besides ASGI over HTTP/1.1. True / False decide; None probes at run
-# time: "h2" sends one prior-knowledge HTTP/2 request with h2load, "wsgi" looks for "wsgi" in
-# `pronghorn --help`. Flip an entry (or set BENCH_PRONGHORN_FEATURES=h2,wsgi) to force it.
-PRONGHORN_FEATURES: dict[str, bool | None] = {"h2": None, "wsgi": None}
+# time: "h2" sends one prior-knowledge HTTP/2 request with h2load, "wsgi" looks for "wsgi" and
+# "tls" for "--ssl-certfile" in `pronghorn --help`. Flip an entry (or set
+# BENCH_PRONGHORN_FEATURES=h2,wsgi,tls) to force it.
+PRONGHORN_FEATURES: dict[str, bool | None] = {"h2": None, "wsgi": None, "tls": None}
 # The command line pronghorn is expected to take for a WSGI app once it has one.
 PRONGHORN_WSGI_ARGS = ["--interface", "wsgi"]
 
@@ -63,6 +64,9 @@ class Server:
     # scenario key -> options ("--flag", "value", ...) for that scenario alone: the scenario
     # runs on an instance of its own whose command line has them (with_args)
     scenario_args: dict = field(default_factory=dict)
+    # callable(port, h2_port, workdir, certfile, keyfile) -> list[str]: the instance that serves
+    # the TLS rows (HTTPS with the run's certificate; HTTP/1.1 and h2 by ALPN on one port)
+    tls_argv: object = None
     version: object = None  # callable() -> str
     is_pronghorn: bool = False
     default: bool = True  # in a run that does not name its servers
@@ -79,6 +83,17 @@ def with_args(argv, extra):
         else:
             at = argv.index("--") if "--" in argv else len(argv)
             argv[at:at] = [flag, value]
+    return argv
+
+
+def with_tls(make_argv, cert_flag, key_flag):
+    """A tls_argv: make_argv's command line with the certificate and key options added."""
+
+    def argv(port, h2_port, workdir, certfile, keyfile):
+        return with_args(
+            make_argv(port, h2_port, workdir), (cert_flag, str(certfile), key_flag, str(keyfile))
+        )
+
     return argv
 
 
@@ -154,6 +169,16 @@ def pronghorn_argv(app, extra=(), exe=None):
     return argv
 
 
+def uvicorn_argv(port, h2_port, workdir):
+    return [
+        _peer("uvicorn"), "asgi_app:app",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+        "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
+    ]  # fmt: skip
+
+
 def granian_asgi_argv(extra=()):
     def argv(port, h2_port, workdir):
         return [
@@ -182,12 +207,16 @@ def hypercorn_argv(port, h2_port, workdir):
     ]  # fmt: skip
 
 
-def nginx_argv(port, h2_port, workdir):
-    """Render bench/nginx.conf.in into workdir and run nginx in the foreground from it."""
+def nginx_argv(port, h2_port, workdir, certfile=None, keyfile=None):
+    """Render bench/nginx.conf.in into workdir and run nginx in the foreground from it. Given a
+    certificate, its lines tagged "# tls" replace those tagged "# cleartext": one HTTPS
+    listener for both HTTP/1.1 and h2 (ALPN)."""
     from apps.bodies import BODY_10K, HELLO
 
     soft, _ = _nofile()
     conf = (BENCH / "nginx.conf.in").read_text()
+    drop = "# cleartext" if certfile else "# tls"
+    conf = "".join(x for x in conf.splitlines(True) if not x.rstrip().endswith(drop))
     for key, value in {
         "PREFIX": str(workdir),
         "PORT": str(port),
@@ -197,6 +226,8 @@ def nginx_argv(port, h2_port, workdir):
         "NOFILE": str(soft),
         "CONNECTIONS": str(max(1024, soft - 64)),
         "HELLO": HELLO.decode(),
+        "CERTFILE": str(certfile),
+        "KEYFILE": str(keyfile),
     }.items():
         conf = conf.replace("@" + key + "@", value)
     (Path(workdir) / "www").mkdir(exist_ok=True)
@@ -224,7 +255,8 @@ def all_servers():
     return [
         Server(
             "pronghorn", "pronghorn", "asgi", pronghorn_argv("asgi_app:app"),
-            features=set(both), lacks={"h2": "not yet"},
+            tls_argv=with_tls(pronghorn_argv("asgi_app:app"), "--ssl-certfile", "--ssl-keyfile"),
+            features=set(both), lacks={"h2": "not yet", "tls": "not yet"},
             version=_pronghorn_version, is_pronghorn=True,
         ),
         # asyncio's own loop instead of the default uvloop: the evidence for the default, run
@@ -232,13 +264,22 @@ def all_servers():
         Server(
             "pronghorn-asyncio", "pronghorn (asyncio)", "asgi",
             pronghorn_argv("asgi_app:app", ["--loop", "asyncio"]),
-            features=set(both), lacks={"h2": "not yet"},
+            tls_argv=with_tls(
+                pronghorn_argv("asgi_app:app", ["--loop", "asyncio"]),
+                "--ssl-certfile", "--ssl-keyfile",
+            ),
+            features=set(both) | {"tls"}, lacks={"h2": "not yet"},
             version=_pronghorn_version, default=False,
         ),
         Server(
             "pronghorn-before", "pronghorn (before)", "asgi",
             pronghorn_argv("asgi_app:app", exe=PRONGHORN_BEFORE_EXE),
-            features=set(both), lacks={"h2": "not yet"},
+            # a build from before TLS fails to start on these: its TLS rows say so
+            tls_argv=with_tls(
+                pronghorn_argv("asgi_app:app", exe=PRONGHORN_BEFORE_EXE),
+                "--ssl-certfile", "--ssl-keyfile",
+            ),
+            features=set(both) | {"tls"}, lacks={"h2": "not yet"},
             version=lambda: _pronghorn_version(PRONGHORN_BEFORE_EXE) + " (another build)",
             default=False,
         ),
@@ -246,18 +287,15 @@ def all_servers():
             "granian", "granian", "asgi", granian_asgi_argv(),
             # its h2 rows run against a second instance that speaks HTTP/2 only
             h2_argv=granian_asgi_argv(["--http", "2"]),
-            features=both | {"h2"}, version=granian_v,
+            # its TLS rows (both) from one instance: with a certificate, --http auto offers h2
+            # and http/1.1 by ALPN
+            tls_argv=with_tls(granian_asgi_argv(), "--ssl-certificate", "--ssl-keyfile"),
+            features=both | {"h2", "tls"}, version=granian_v,
         ),
         Server(
-            "uvicorn", "uvicorn", "asgi",
-            lambda port, h2, wd: [
-                _peer("uvicorn"), "asgi_app:app",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--loop", "uvloop", "--http", "httptools",
-                "--no-access-log", "--log-level", "warning",
-                "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
-            ],
-            features=set(both), lacks={"h2": "no HTTP/2"}, version=uvicorn_v,
+            "uvicorn", "uvicorn", "asgi", uvicorn_argv,
+            tls_argv=with_tls(uvicorn_argv, "--ssl-certfile", "--ssl-keyfile"),
+            features=both | {"tls"}, lacks={"h2": "no HTTP/2"}, version=uvicorn_v,
         ),
         Server(
             "hypercorn", "hypercorn", "asgi", hypercorn_argv,
@@ -283,8 +321,8 @@ def all_servers():
             features=set(both), lacks={"h2": "no HTTP/2"}, version=gunicorn_v,
         ),
         Server(
-            "nginx", "nginx", "nginx", nginx_argv,
-            features={"h2"}, lacks={"echo": "n/a (no app)", "sleep": "n/a (no app)"},
+            "nginx", "nginx", "nginx", nginx_argv, tls_argv=nginx_argv,
+            features={"h2", "tls"}, lacks={"echo": "n/a (no app)", "sleep": "n/a (no app)"},
             version=_nginx_version,
         ),
         Server(
@@ -335,15 +373,21 @@ def resolve_pronghorn_features(servers, probe_h2):
     if forced is not None:
         names = {n.strip() for n in forced.split(",") if n.strip()}
         wanted = {k: k in names for k in wanted}
-    if wanted["wsgi"] is None:
+    if wanted["wsgi"] is None or wanted["tls"] is None:
         out = subprocess.run([str(PRONGHORN_EXE), "--help"], capture_output=True, text=True)
-        wanted["wsgi"] = "wsgi" in out.stdout.lower()
+        if wanted["wsgi"] is None:
+            wanted["wsgi"] = "wsgi" in out.stdout.lower()
+        if wanted["tls"] is None:
+            wanted["tls"] = "--ssl-certfile" in out.stdout
     for s in servers:
         if not s.is_pronghorn:
             continue
         if s.kind == "wsgi" and wanted["wsgi"]:
             s.features.add("wsgi")
             s.lacks.pop("wsgi", None)
+        if s.kind == "asgi" and wanted["tls"]:
+            s.features.add("tls")
+            s.lacks.pop("tls", None)
         if s.kind == "asgi":
             if wanted["h2"] is None:
                 s.features.add("h2?")  # probed once the server is up
@@ -362,17 +406,23 @@ def free_port():
 class Running:
     """A started server: its process group, ports, log and scratch directory. h2_instance:
     the server's second instance, for its h2 rows (Server.h2_argv); extra: options for one
-    scenario's instance (Server.scenario_args)."""
+    scenario's instance (Server.scenario_args); tls: (certfile, keyfile), the instance that
+    serves the TLS rows (Server.tls_argv), over HTTPS on one port."""
 
-    def __init__(self, server, log_dir, h2_instance=False, extra=()):
+    def __init__(self, server, log_dir, h2_instance=False, extra=(), tls=None):
         self.server = server
+        self.tls = tls
         self.port = free_port()
-        self.h2_port = free_port() if server.kind == "nginx" else self.port
+        self.h2_port = free_port() if server.kind == "nginx" and not tls else self.port
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{server.id}-"))
         self.workdir.chmod(0o755)  # nginx's worker runs as nobody and serves files from it
         self.log_path = Path(log_dir) / f"{server.id}.log"
-        make_argv = server.h2_argv if h2_instance else server.argv
-        argv = with_args(make_argv(self.port, self.h2_port, self.workdir), extra)
+        if tls:
+            argv = server.tls_argv(self.port, self.h2_port, self.workdir, *tls)
+        else:
+            make_argv = server.h2_argv if h2_instance else server.argv
+            argv = make_argv(self.port, self.h2_port, self.workdir)
+        argv = with_args(argv, extra)
         argv = ["taskset", "-c", SERVER_CPU, *argv]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(APPS)
@@ -391,7 +441,29 @@ class Running:
         )
 
     def url(self, path="/", h2=False):
-        return f"http://127.0.0.1:{self.h2_port if h2 else self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.h2_port if h2 else self.port}{path}"
+
+    def ssl_context(self):
+        """A client context that trusts the run's certificate alone (None in cleartext): the
+        readiness check also checks that the server presents it, for 127.0.0.1."""
+        if not self.tls:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.tls[0]))
+
+    def tls_info(self, alpn=()):
+        """The version and cipher (+ the protocol ALPN chose, if any), e.g. "TLSv1.3
+        TLS_AES_256_GCM_SHA384 h2": what the server negotiates with an OpenSSL client (Python's
+        ssl, on the libssl that wrk and h2load use too) that offers these ALPN protocols."""
+        ctx = self.ssl_context()
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                chosen = tls.selected_alpn_protocol()
+                return f"{tls.version()} {tls.cipher()[0]}" + (f" {chosen}" if chosen else "")
 
     def wait_ready(self, timeout=30.0, check=None):
         """Until GET / answers the hello body; or, given check(), until check() is true (an
@@ -408,7 +480,9 @@ class Running:
                 time.sleep(0.1)
                 continue
             try:
-                with urllib.request.urlopen(self.url("/"), timeout=1) as r:
+                with urllib.request.urlopen(
+                    self.url("/"), timeout=1, context=self.ssl_context()
+                ) as r:
                     if r.status == 200 and r.read() == b"Hello, world!":
                         return
             except OSError:

@@ -5,6 +5,7 @@
 --   body_bytes  size of the POST body ("x" repeated)
 --   delay_ms    pause before each request on a connection (paced, closed-loop rate;
 --               0 = as fast as possible)
+-- Headers given with wrk -H go on every request (e.g. "Connection: close").
 -- done() prints one JSON line, prefixed with "BENCH_JSON ", that bench/run.py parses.
 
 local pause = 0
@@ -15,7 +16,15 @@ function init(args)
    local size = tonumber(args[3]) or 0
    pause = tonumber(args[4]) or 0
    local body = nil
+   -- wrk.format() ignores wrk.headers (the -H options) when given a table: copy them in,
+   -- but for the Host wrk.init() put there ("host:port"; format() adds the bare host, as
+   -- every run before -H was passed through)
    local headers = {}
+   for name, value in pairs(wrk.headers) do
+      if name ~= "Host" then
+         headers[name] = value
+      end
+   end
    if size > 0 then
       body = string.rep("x", size)
       headers["Content-Type"] = "application/octet-stream"
