@@ -595,6 +595,15 @@ def test_encrypted_key_with_its_password(module_server, certs):
     assert f"https://127.0.0.1:{srv.port}" in srv.log()
 
 
+def test_key_in_the_certificate_file(module_server, certs, tmp_path):
+    both = tmp_path / "both.pem"
+    both.write_bytes(open(certs.cert, "rb").read() + open(certs.key, "rb").read())
+    srv = module_server("basic:app", "--ssl-certfile", str(both))
+    assert served(srv, certs)
+    line = _startup_error("--ssl-certfile", certs.cert)  # no key in it, and none given
+    assert f"--ssl-keyfile: no usable PEM private key in '{certs.cert}'" in line
+
+
 def test_env_vars_set_tls(module_server, certs):
     srv = module_server(
         "basic:app", env={"PRONGHORN_SSL_CERTFILE": certs.cert, "PRONGHORN_SSL_KEYFILE": certs.key}

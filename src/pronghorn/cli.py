@@ -134,7 +134,8 @@ OPTIONS: tuple[Option, ...] = (
         "ssl_keyfile",
         "append",
         "tls",
-        "the PEM private key of each --ssl-certfile, in the same order",
+        "the PEM private key of each --ssl-certfile, in the same order (none: each key is "
+        "in its certificate's file)",
         "PATH",
     ),
     Option(

@@ -473,6 +473,9 @@ class Config:
             if given:
                 raise ConfigError(f"{flag_name(given[0])} needs --ssl-certfile (TLS is off)")
             return
+        if not self.ssl_keyfile:
+            # As uvicorn (ssl.load_cert_chain): each key may sit in its certificate's file.
+            self.ssl_keyfile = list(self.ssl_certfile)
         if len(self.ssl_keyfile) != len(self.ssl_certfile):
             raise ConfigError(
                 f"--ssl-keyfile: give one per --ssl-certfile, got {len(self.ssl_keyfile)} "
