@@ -9,6 +9,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ws.h"
+
 /* The bridge buffers this much unread request body before it stops reading the socket. */
 #define BODY_HIGH_WATER 65536
 
@@ -35,6 +37,19 @@ struct ph_req_s {
     double t0;
     /* kept for the access log only */
     PyObject *log_client, *log_method, *log_path, *log_version;
+    /* A WebSocket (is_ws: the request was a handshake). ws: its session once accepted;
+     * ws_queue: messages read and not yet received; ws_code / ws_reason: what
+     * websocket.disconnect will say; ws_timer: pings and the close handshake's deadline.
+     * connect_taken: websocket.connect was received; accepted: the 101 is out; close_sent:
+     * our close frame is; over: the session ended (websocket.disconnect comes after the
+     * queue); ended: the tunnel was closed (the stream goes with it). */
+    ph_ws_t *ws;
+    PyObject *ws_queue, *ws_reason;
+    int ws_code;
+    struct ws_timer_s *ws_timer;
+    uint64_t ws_ping_at; /* loop time (ms) of the ping not yet answered; 0: none */
+    unsigned is_ws : 1, ws_connect_taken : 1, ws_accepted : 1, ws_close_sent : 1, ws_over : 1,
+        ws_ended : 1;
 };
 
 typedef struct {
@@ -61,6 +76,12 @@ typedef struct {
 } waiter_t;
 
 static const ph_stream_handler_t asgi_handler;
+static PyObject *ws_take_message(ph_req_t *r);
+static PyObject *ws_send(ph_req_t *r, PyObject *msg, PyObject *type);
+static void ws_app_done(ph_req_t *r, PyObject *exc, int cancelled);
+static void ws_input(ph_req_t *r, const char *data, size_t len);
+static void ws_finish(ph_req_t *r, int code);
+static void ws_timer_drop(ph_req_t *r);
 
 /* ---- helpers ---- */
 
@@ -227,6 +248,7 @@ static int req_traverse(ph_req_t *r, visitproc visit, void *arg)
     Py_VISIT(r->body);
     Py_VISIT(r->trailers);
     Py_VISIT(r->req_trailers);
+    Py_VISIT(r->ws_queue);
     Py_VISIT(Py_TYPE(r));
     return 0;
 }
@@ -243,6 +265,8 @@ static int req_clear(ph_req_t *r)
     Py_CLEAR(r->log_method);
     Py_CLEAR(r->log_path);
     Py_CLEAR(r->log_version);
+    Py_CLEAR(r->ws_queue);
+    Py_CLEAR(r->ws_reason);
     return 0;
 }
 
@@ -252,6 +276,8 @@ static void req_dealloc(ph_req_t *r)
     PyObject_GC_UnTrack(r);
     req_unlink(r);
     req_clear(r);
+    if (r->ws)
+        ph_ws_free(r->ws);
     Py_CLEAR(r->srv);
     tp->tp_free(r);
     Py_DECREF(tp);
@@ -261,6 +287,8 @@ static void req_dealloc(ph_req_t *r)
 static PyObject *take_message(ph_req_t *r)
 {
     ph_state_t *st = r->srv->st;
+    if (r->is_ws)
+        return ws_take_message(r);
     if (r->body || (r->body_end && !r->body_final_sent)) {
         PyObject *body;
         if (r->body == NULL) {
@@ -797,6 +825,8 @@ static PyObject *req_send(ph_req_t *r, PyObject *msg)
             PyErr_SetString(PyExc_KeyError, "an ASGI message needs a 'type'");
         return NULL;
     }
+    if (r->is_ws)
+        return ws_send(r, msg, type);
     if (str_eq(type, st->v_http_response_body))
         return send_body(r, msg);
     if (str_eq(type, st->v_http_response_start))
@@ -1101,7 +1131,9 @@ static void app_done(ph_req_t *r, PyObject *exc)
     int cancelled = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->cancelled_error);
     if (exc && !cancelled)
         log_exception(srv, "Exception in ASGI application", exc);
-    if (r->stream && !r->disconnected && !r->done && r->body_complete && !exc) {
+    if (r->is_ws) {
+        ws_app_done(r, exc, cancelled);
+    } else if (r->stream && !r->disconnected && !r->done && r->body_complete && !exc) {
         /* The body is whole and the app sent no trailers after all: end with none. */
         if (r->stream->ops->trailers(r->stream, NULL, 0) == 0)
             response_complete(r);
@@ -1389,11 +1421,547 @@ static PyType_Spec driver_spec = {
     .slots = driver_slots,
 };
 
+/* ---- WebSockets ---- */
+
+/* Our close frame waits this long for the peer's before the connection closes anyway. */
+#define WS_CLOSE_TIMEOUT_MS 5000
+
+/* The ping / close-handshake timer. It outlives the request by a loop turn (uv_close), so it
+ * is not part of it: req is NULL once the request let go. */
+typedef struct ws_timer_s {
+    uv_timer_t t;
+    ph_req_t *req;
+} ws_timer_t;
+
+static void ws_timer_fire(uv_timer_t *t);
+
+static void ws_arm(ph_req_t *r, uint64_t ms)
+{
+    if (r->ws_timer && ms)
+        uv_timer_start(&r->ws_timer->t, ws_timer_fire, ms, 0);
+}
+
+static void ws_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void ws_timer_drop(ph_req_t *r)
+{
+    ws_timer_t *wt = r->ws_timer;
+    if (wt == NULL)
+        return;
+    r->ws_timer = NULL;
+    wt->req = NULL;
+    uv_close((uv_handle_t *)&wt->t, ws_timer_closed);
+}
+
+/* The session is over: websocket.disconnect follows the messages still queued. */
+static void ws_finish(ph_req_t *r, int code)
+{
+    if (r->ws_over)
+        return;
+    r->ws_over = 1;
+    if (r->ws_code == 0)
+        r->ws_code = code;
+    ws_timer_drop(r);
+    wake_receivers(r);
+    wake(r, &r->send_fut);
+}
+
+/* Closes the tunnel (what is queued still goes, then the connection closes); the stream is
+ * released on the way, so the caller holds a reference to r. */
+static void ws_end(ph_req_t *r, int code)
+{
+    ws_finish(r, code);
+    if (r->stream && !r->ws_ended) {
+        r->ws_ended = 1;
+        r->stream->ops->body(r->stream, NULL, 0, 0);
+    }
+}
+
+/* Starts the closing handshake from our side (the app's close, its end, a shutdown). */
+static int ws_start_close(ph_req_t *r, int code, const char *reason, size_t len)
+{
+    if (r->ws_close_sent || r->ws_over)
+        return PH_ECLOSED;
+    r->ws_close_sent = 1;
+    int rv = ph_ws_close(r->ws, code, reason, len);
+    if (rv == 0)
+        ws_arm(r, WS_CLOSE_TIMEOUT_MS);
+    ph_loop_touch(&r->srv->loop);
+    return rv;
+}
+
+static void ws_timer_fire(uv_timer_t *t)
+{
+    ws_timer_t *wt = (ws_timer_t *)t;
+    ph_req_t *r = wt->req;
+    if (r == NULL || r->ws_over)
+        return;
+    const ph_config_t *cfg = &r->srv->server.cfg;
+    Py_INCREF(r);
+    if (r->ws_close_sent) {
+        ws_end(r, PH_WS_ABNORMAL); /* the peer never answered our close */
+    } else if (r->ws_ping_at) {
+        /* No pong in time: the peer (or the path to it) is gone. */
+        ws_start_close(r, PH_WS_INTERNAL_ERROR, "keepalive ping timeout", 22);
+        ws_end(r, PH_WS_INTERNAL_ERROR);
+    } else {
+        r->ws_ping_at = uv_now(t->loop) | 1;
+        if (ph_ws_ping(r->ws, "", 0) < 0)
+            ws_end(r, PH_WS_ABNORMAL);
+        else
+            ws_arm(r, cfg->ws_ping_timeout_ms ? cfg->ws_ping_timeout_ms : cfg->ws_ping_interval_ms);
+        ph_loop_touch(&r->srv->loop);
+    }
+    Py_DECREF(r);
+}
+
+static int ws_write(ph_ws_t *ws, const char *data, size_t len)
+{
+    ph_req_t *r = ph_ws_data(ws);
+    if (r->stream == NULL || r->ws_ended)
+        return PH_ECLOSED;
+    return r->stream->ops->body(r->stream, data, len, 1);
+}
+
+static void ws_on_message(ph_ws_t *ws, int opcode, const char *data, size_t len)
+{
+    ph_req_t *r = ph_ws_data(ws);
+    ph_state_t *st = r->srv->st;
+    if (r->ws_close_sent)
+        return; /* the app closed: what still comes is not for it */
+    PyObject *msg = PyDict_New();
+    PyObject *payload = opcode == PH_WS_TEXT
+                            ? PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL)
+                            : PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    if (msg == NULL || payload == NULL || PyDict_SetItem(msg, st->k_type, st->v_ws_receive) < 0 ||
+        PyDict_SetItem(msg, opcode == PH_WS_TEXT ? st->k_text : st->k_bytes, payload) < 0 ||
+        (r->ws_queue == NULL && (r->ws_queue = PyList_New(0)) == NULL) ||
+        PyList_Append(r->ws_queue, msg) < 0) {
+        PyErr_WriteUnraisable(NULL);
+    } else if ((size_t)PyList_GET_SIZE(r->ws_queue) >= r->srv->server.cfg.ws_max_queue &&
+               !r->paused && r->stream) {
+        r->paused = 1; /* the app is behind: stop reading until it catches up */
+        r->stream->ops->pause_body(r->stream);
+    }
+    Py_XDECREF(msg);
+    Py_XDECREF(payload);
+    wake_receivers(r);
+}
+
+static void ws_on_close(ph_ws_t *ws, int code, const char *reason, size_t len)
+{
+    ph_req_t *r = ph_ws_data(ws);
+    r->ws_code = code;
+    Py_XSETREF(r->ws_reason, PyUnicode_DecodeUTF8(reason, (Py_ssize_t)len, NULL));
+    if (r->ws_reason == NULL)
+        PyErr_Clear();
+}
+
+static void ws_on_pong(ph_ws_t *ws, const char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    ph_req_t *r = ph_ws_data(ws);
+    if (r->ws_ping_at && !r->ws_close_sent) {
+        r->ws_ping_at = 0;
+        ws_arm(r, r->srv->server.cfg.ws_ping_interval_ms);
+    }
+}
+
+static const ph_ws_callbacks_t ws_callbacks = {
+    .on_message = ws_on_message,
+    .on_close = ws_on_close,
+    .on_pong = ws_on_pong,
+    .write = ws_write,
+};
+
+/* Bytes from the tunnel. */
+static void ws_input(ph_req_t *r, const char *data, size_t len)
+{
+    if (r->ws == NULL || r->ws_over)
+        return;
+    Py_INCREF(r); /* the stream may let go of it during the feed */
+    int rv = ph_ws_feed(r->ws, data, len);
+    if (rv == PH_WS_DONE)
+        ws_end(r, PH_WS_NO_STATUS); /* both close frames are out: we close the TCP connection */
+    else if (rv == PH_WS_FAILED)
+        ws_end(r, ph_ws_close_code(r->ws));
+    else if (rv < 0)
+        ws_end(r, PH_WS_ABNORMAL);
+    ph_loop_touch(&r->srv->loop);
+    Py_DECREF(r);
+}
+
+static PyObject *ws_message(ph_state_t *st, PyObject *type)
+{
+    PyObject *msg = PyDict_New();
+    if (msg && PyDict_SetItem(msg, st->k_type, type) < 0)
+        Py_CLEAR(msg);
+    return msg;
+}
+
+/* The next message for receive() on a WebSocket, or NULL (no exception: wait). */
+static PyObject *ws_take_message(ph_req_t *r)
+{
+    ph_state_t *st = r->srv->st;
+    if (!r->ws_connect_taken) {
+        r->ws_connect_taken = 1;
+        return ws_message(st, st->v_ws_connect);
+    }
+    if (r->ws_queue && PyList_GET_SIZE(r->ws_queue) > 0) {
+        PyObject *msg = Py_NewRef(PyList_GET_ITEM(r->ws_queue, 0));
+        if (PySequence_DelItem(r->ws_queue, 0) < 0) {
+            Py_DECREF(msg);
+            return NULL;
+        }
+        if (r->paused && r->stream &&
+            (size_t)PyList_GET_SIZE(r->ws_queue) < r->srv->server.cfg.ws_max_queue) {
+            r->paused = 0;
+            r->stream->ops->want_body(r->stream);
+            ph_loop_touch(&r->srv->loop);
+        }
+        return msg;
+    }
+    if (r->ws_over || r->disconnected || r->done || r->stream == NULL) {
+        PyObject *msg = ws_message(st, st->v_ws_disconnect);
+        PyObject *code = msg ? PyLong_FromLong(r->ws_code ? r->ws_code : PH_WS_ABNORMAL) : NULL;
+        if (code == NULL || PyDict_SetItem(msg, st->k_code, code) < 0 ||
+            PyDict_SetItem(msg, st->k_reason, r->ws_reason ? r->ws_reason : Py_None) < 0)
+            Py_CLEAR(msg);
+        Py_XDECREF(code);
+        if (msg && r->ws_reason == NULL) {
+            PyObject *empty = PyUnicode_New(0, 0);
+            if (empty == NULL || PyDict_SetItem(msg, st->k_reason, empty) < 0)
+                Py_CLEAR(msg);
+            Py_XDECREF(empty);
+        }
+        return msg;
+    }
+    return NULL;
+}
+
+/* The request's Sec-WebSocket-Extensions values, joined as one list. */
+static size_t ws_request_extensions(const ph_request_t *rq, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rq->nheaders; i++) {
+        const ph_header_t *h = &rq->headers[i];
+        if (!ph_eq_lower(h->name.base, h->name.len, "sec-websocket-extensions", 24))
+            continue;
+        if (n + 2 + h->value.len > cap)
+            break;
+        if (n) {
+            memcpy(buf + n, ", ", 2);
+            n += 2;
+        }
+        memcpy(buf + n, h->value.base, h->value.len);
+        n += h->value.len;
+    }
+    return n;
+}
+
+static PyObject *ws_accept(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    const ph_config_t *cfg = &r->srv->server.cfg;
+    if (r->ws_accepted || r->started || r->done) {
+        PyErr_SetString(PyExc_RuntimeError, "websocket.accept after the handshake was answered");
+        return NULL;
+    }
+    if (r->stream == NULL || r->disconnected)
+        return raise_disconnected(r);
+    PyObject *sub = PyDict_GetItemWithError(msg, st->k_subprotocol);
+    if (sub == NULL && PyErr_Occurred())
+        return NULL;
+    const char *subp = NULL;
+    Py_ssize_t sublen = 0;
+    if (sub && sub != Py_None) {
+        if (!PyUnicode_Check(sub)) {
+            PyErr_SetString(PyExc_TypeError, "websocket.accept subprotocol must be a str or None");
+            return NULL;
+        }
+        subp = PyUnicode_AsUTF8AndSize(sub, &sublen);
+        if (subp == NULL)
+            return NULL;
+    }
+    PyObject *hs = PyDict_GetItemWithError(msg, st->k_headers);
+    if (hs == NULL && PyErr_Occurred())
+        return NULL;
+    header_array_t ha;
+    if (header_array(&ha, hs) < 0)
+        return NULL;
+    ph_ws_config_t wcfg;
+    memset(&wcfg, 0, sizeof(wcfg));
+    wcfg.max_size = cfg->ws_max_size;
+    char offers[1024], agreed[256];
+    size_t agreed_len = 0;
+    if (cfg->ws_deflate) {
+        size_t n = ws_request_extensions(&r->stream->req, offers, sizeof(offers));
+        agreed_len = ph_ws_negotiate(offers, n, &wcfg, agreed, sizeof(agreed));
+    }
+    /* The app's headers, then the subprotocol and the extensions agreed on. */
+    ph_header_t stackhs[MAX_STACK_HEADERS + 2], *all = stackhs;
+    if (ha.n > MAX_STACK_HEADERS && (all = PyMem_Malloc(sizeof(ph_header_t) * (ha.n + 2))) == NULL) {
+        header_array_free(&ha);
+        return PyErr_NoMemory();
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < ha.n; i++) {
+        if (ph_eq_lower(ha.arr[i].name.base, ha.arr[i].name.len, "sec-websocket-extensions", 24))
+            continue; /* what permessage-deflate says is the session's, not the app's */
+        all[n++] = ha.arr[i];
+    }
+    if (subp)
+        all[n++] = (ph_header_t){{"sec-websocket-protocol", 22}, {subp, (size_t)sublen}};
+    if (agreed_len)
+        all[n++] = (ph_header_t){{"sec-websocket-extensions", 24}, {agreed, agreed_len}};
+    PyObject *ret = NULL;
+    r->ws = ph_ws_new(&wcfg, &ws_callbacks, r);
+    int rv = r->ws ? r->stream->ops->start(r->stream, 101, all, n) : PH_ENOMEM;
+    if (rv == PH_EINVAL)
+        PyErr_SetString(PyExc_ValueError,
+                        "invalid websocket.accept: a header name/value or the subprotocol");
+    else if (rv < 0)
+        raise_for(r, rv, "websocket.accept");
+    if (rv == 0) {
+        rv = r->stream->ops->body(r->stream, "", 0, 1); /* the 101 goes now */
+        if (rv < 0)
+            raise_for(r, rv, "websocket.accept");
+    }
+    if (all != stackhs)
+        PyMem_Free(all);
+    header_array_free(&ha);
+    if (rv < 0) {
+        if (r->ws) {
+            ph_ws_free(r->ws);
+            r->ws = NULL;
+        }
+        return NULL;
+    }
+    r->ws_accepted = r->started = r->body_started = 1;
+    r->status = 101;
+    if (cfg->ws_ping_interval_ms) {
+        ws_timer_t *wt = malloc(sizeof(*wt));
+        if (wt && uv_timer_init(&r->srv->loop.uv, &wt->t) == 0) {
+            wt->t.data = wt;
+            wt->req = r;
+            r->ws_timer = wt;
+            ws_arm(r, cfg->ws_ping_interval_ms);
+        } else {
+            free(wt); /* no pings: the connection works without them */
+        }
+    }
+    ph_loop_touch(&r->srv->loop);
+    ret = Py_NewRef(st->done);
+    return ret;
+}
+
+static PyObject *ws_send_message(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    if (!r->ws_accepted) {
+        PyErr_SetString(PyExc_RuntimeError, "websocket.send before websocket.accept");
+        return NULL;
+    }
+    if (r->ws_close_sent || r->ws_over || r->stream == NULL)
+        return raise_disconnected(r);
+    PyObject *b = PyDict_GetItemWithError(msg, st->k_bytes);
+    if (b == NULL && PyErr_Occurred())
+        return NULL;
+    PyObject *t = (b == NULL || b == Py_None) ? PyDict_GetItemWithError(msg, st->k_text) : NULL;
+    if (t == NULL && PyErr_Occurred())
+        return NULL;
+    int rv;
+    size_t len;
+    if (b && b != Py_None) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(b, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        len = (size_t)view.len;
+        rv = ph_ws_send(r->ws, PH_WS_BINARY, view.buf, len);
+        PyBuffer_Release(&view);
+    } else if (t && t != Py_None) {
+        if (!PyUnicode_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "websocket.send text must be a str");
+            return NULL;
+        }
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(t, &n);
+        if (u == NULL)
+            return NULL;
+        len = (size_t)n;
+        rv = ph_ws_send(r->ws, PH_WS_TEXT, u, len);
+    } else {
+        PyErr_SetString(PyExc_ValueError, "websocket.send needs 'bytes' or 'text'");
+        return NULL;
+    }
+    if (rv < 0)
+        return rv == PH_ENOMEM ? PyErr_NoMemory() : raise_disconnected(r);
+    r->bytes += len;
+    if (r->stream && r->stream->ops->queued(r->stream) > r->srv->server.cfg.write_high_water)
+        return new_waiter(r, WAIT_SEND, NULL, &r->send_fut);
+    ph_loop_touch(&r->srv->loop);
+    return Py_NewRef(st->done);
+}
+
+/* RFC 6455 §7.4: what an endpoint may send. */
+static int ws_code_sendable(long code)
+{
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+static PyObject *ws_close_message(ph_req_t *r, PyObject *msg)
+{
+    ph_state_t *st = r->srv->st;
+    PyObject *code_o = PyDict_GetItemWithError(msg, st->k_code);
+    if (code_o == NULL && PyErr_Occurred())
+        return NULL;
+    long code = 1000;
+    if (code_o && code_o != Py_None) {
+        code = PyLong_AsLong(code_o);
+        if (code == -1 && PyErr_Occurred())
+            return NULL;
+        if (!ws_code_sendable(code)) {
+            PyErr_Format(PyExc_ValueError, "websocket.close code %ld cannot be sent", code);
+            return NULL;
+        }
+    }
+    PyObject *reason_o = PyDict_GetItemWithError(msg, st->k_reason);
+    if (reason_o == NULL && PyErr_Occurred())
+        return NULL;
+    const char *reason = "";
+    Py_ssize_t rlen = 0;
+    if (reason_o && reason_o != Py_None) {
+        if (!PyUnicode_Check(reason_o)) {
+            PyErr_SetString(PyExc_TypeError, "websocket.close reason must be a str");
+            return NULL;
+        }
+        if ((reason = PyUnicode_AsUTF8AndSize(reason_o, &rlen)) == NULL)
+            return NULL;
+    }
+    if (!r->ws_accepted) {
+        if (r->started || r->done) {
+            PyErr_SetString(PyExc_RuntimeError, "websocket.close after the handshake was answered");
+            return NULL;
+        }
+        /* Closed before it was accepted: the handshake is refused with 403 (ASGI spec). */
+        if (r->stream == NULL || r->disconnected)
+            return raise_disconnected(r);
+        static const ph_header_t hs[] = {{{"content-length", 14}, {"0", 1}}};
+        int rv = r->stream->ops->start(r->stream, 403, hs, 1);
+        if (rv == 0) {
+            r->started = 1;
+            r->status = 403;
+            rv = r->stream->ops->body(r->stream, "", 0, 0);
+        }
+        if (rv < 0)
+            return raise_for(r, rv, "websocket.close");
+        r->body_started = 1;
+        response_complete(r);
+        return Py_NewRef(st->done);
+    }
+    if (r->ws_close_sent) {
+        PyErr_SetString(PyExc_RuntimeError, "websocket.close sent twice");
+        return NULL;
+    }
+    if (r->ws_over || r->stream == NULL)
+        return raise_disconnected(r);
+    Py_INCREF(r);
+    int rv = ws_start_close(r, (int)code, reason, (size_t)rlen);
+    if (rv < 0)
+        ws_end(r, PH_WS_ABNORMAL);
+    Py_DECREF(r);
+    return Py_NewRef(st->done);
+}
+
+static PyObject *ws_send(ph_req_t *r, PyObject *msg, PyObject *type)
+{
+    ph_state_t *st = r->srv->st;
+    if (str_eq(type, st->v_ws_send))
+        return ws_send_message(r, msg);
+    if (str_eq(type, st->v_ws_accept))
+        return ws_accept(r, msg);
+    if (str_eq(type, st->v_ws_close))
+        return ws_close_message(r, msg);
+    /* The websocket.http.response extension: the handshake answered with an HTTP response. */
+    if (str_eq(type, st->v_ws_response_start)) {
+        if (r->ws_accepted) {
+            PyErr_SetString(PyExc_RuntimeError, "websocket.http.response.start after accept");
+            return NULL;
+        }
+        return send_start(r, msg);
+    }
+    if (str_eq(type, st->v_ws_response_body)) {
+        if (r->ws_accepted) {
+            PyErr_SetString(PyExc_RuntimeError, "websocket.http.response.body after accept");
+            return NULL;
+        }
+        return send_body(r, msg);
+    }
+    PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for a websocket scope",
+                 type);
+    return NULL;
+}
+
+/* The app returned (exc NULL) or raised. Not accepted: the handshake is refused (403, or 500
+ * for an error), unless its HTTP response is under way; accepted and open: we close (1000, or
+ * 1011 for an error). */
+static void ws_app_done(ph_req_t *r, PyObject *exc, int cancelled)
+{
+    if (r->ws_accepted) {
+        if (!r->ws_close_sent && !r->ws_over && r->stream) {
+            int code = exc && !cancelled ? PH_WS_INTERNAL_ERROR : PH_WS_NORMAL;
+            if (ws_start_close(r, code, "", 0) < 0)
+                ws_end(r, PH_WS_ABNORMAL);
+        }
+        return;
+    }
+    if (r->stream == NULL || r->disconnected || r->done)
+        return;
+    if (r->body_started) {
+        r->stream->ops->abort(r->stream); /* a denial response cut short */
+        return;
+    }
+    if (exc) {
+        respond_500(r);
+        return;
+    }
+    static const ph_header_t hs[] = {{{"content-length", 14}, {"0", 1}}};
+    if (r->stream->ops->start(r->stream, 403, hs, 1) == 0 &&
+        r->stream->ops->body(r->stream, "", 0, 0) == 0) {
+        r->started = r->body_started = 1;
+        r->status = 403;
+        response_complete(r);
+    } else if (r->stream) {
+        r->stream->ops->abort(r->stream);
+    }
+}
+
+/* The server is shutting down: an open WebSocket is closed with 1001 (going away). */
+static void on_goaway(ph_stream_t *s)
+{
+    ph_req_t *r = s->user;
+    if (!r->is_ws || !r->ws_accepted || r->ws_close_sent || r->ws_over)
+        return;
+    Py_INCREF(r);
+    if (ws_start_close(r, PH_WS_GOING_AWAY, "", 0) < 0)
+        ws_end(r, PH_WS_ABNORMAL);
+    Py_DECREF(r);
+}
+
 /* ---- stream events ---- */
 
 static void on_body(ph_stream_t *s, const char *data, size_t len)
 {
     ph_req_t *r = s->user;
+    if (r->is_ws) {
+        ws_input(r, data, len);
+        return;
+    }
     if (r->body_final_sent || len == 0)
         return;
     PyObject *b = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
@@ -1452,6 +2020,8 @@ static void on_drain(ph_stream_t *s)
 static void on_disconnect(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
+    if (r->is_ws && r->ws_accepted)
+        ws_finish(r, PH_WS_ABNORMAL); /* gone without (finishing) the closing handshake */
     if (!r->done)
         r->disconnected = 1;
     wake_receivers(r);
@@ -1480,6 +2050,14 @@ static void on_release(ph_stream_t *s)
         r->held = 0;
     }
     r->stream = NULL;
+    if (r->is_ws && r->ws_accepted) {
+        ws_finish(r, PH_WS_ABNORMAL);
+        ws_timer_drop(r);
+        if (!r->done) {
+            r->done = 1;
+            access_log(r); /* 101, the bytes the app sent and how long the session lasted */
+        }
+    }
     if (!r->done)
         r->disconnected = 1;
     wake_receivers(r);
@@ -1494,6 +2072,7 @@ static const ph_stream_handler_t asgi_handler = {
     .on_drain = on_drain,
     .on_disconnect = on_disconnect,
     .on_peer_closed = on_peer_closed,
+    .on_goaway = on_goaway,
     .on_release = on_release,
 };
 
@@ -1659,6 +2238,50 @@ static int make_templates(ph_pyserver_t *srv)
     return 0;
 }
 
+/* What a websocket scope has instead of an http one's: its type, ws/wss, no method, the
+ * subprotocols the client offers (Sec-WebSocket-Protocol, in order). */
+static int ws_scope(ph_state_t *st, PyObject *scope, const ph_request_t *rq, PyObject **scheme)
+{
+    PyObject *ws_scheme = *scheme == st->v_https || PyUnicode_CompareWithASCIIString(*scheme, "https") == 0
+                              ? st->v_wss
+                              : st->v_ws;
+    Py_SETREF(*scheme, Py_NewRef(ws_scheme));
+    if (PyDict_SetItem(scope, st->k_type, st->v_websocket) < 0 ||
+        PyDict_SetItem(scope, st->k_scheme, ws_scheme) < 0 || PyDict_DelItem(scope, st->k_method) < 0)
+        return -1;
+    PyObject *subs = PyList_New(0);
+    if (subs == NULL)
+        return -1;
+    for (size_t i = 0; i < rq->nheaders; i++) {
+        const ph_header_t *h = &rq->headers[i];
+        if (!ph_eq_lower(h->name.base, h->name.len, "sec-websocket-protocol", 22))
+            continue;
+        const char *p = h->value.base, *end = p + h->value.len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *b = p;
+            while (p < end && *p != ',')
+                p++;
+            const char *e = p;
+            while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+                e--;
+            if (e == b)
+                continue;
+            PyObject *one = PyUnicode_DecodeLatin1(b, e - b, NULL);
+            if (one == NULL || PyList_Append(subs, one) < 0) {
+                Py_XDECREF(one);
+                Py_DECREF(subs);
+                return -1;
+            }
+            Py_DECREF(one);
+        }
+    }
+    int rv = PyDict_SetItem(scope, st->k_subprotocols, subs);
+    Py_DECREF(subs);
+    return rv;
+}
+
 /* The request's scope, or NULL with an exception set (nothing leaks either way). */
 static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
 {
@@ -1691,7 +2314,18 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
     SET_NEW(scope, st->k_headers, header_list(st, rq));
     SET(scope, st->k_client, client);
     SET_NEW(scope, st->k_server, server_tuple(srv, s->local));
-    PyObject *ext = rv == 0 ? PyDict_Copy(srv->ext_template) : NULL;
+    PyObject *ext = NULL;
+    if (rv == 0 && r->is_ws) {
+        rv = ws_scope(st, scope, rq, &scheme);
+        /* Its one extension: answering the handshake with an HTTP response. */
+        PyObject *opts = rv == 0 ? PyDict_New() : NULL;
+        ext = opts ? PyDict_New() : NULL;
+        if (ext && PyDict_SetItem(ext, st->k_ext_ws_response, opts) < 0)
+            Py_CLEAR(ext);
+        Py_XDECREF(opts);
+    } else if (rv == 0) {
+        ext = PyDict_Copy(srv->ext_template);
+    }
     if (ext && !r->body_end) {
         /* Request trailers (chunked HTTP/1.1, HTTP/2) land here before the last body message. */
         r->req_trailers = PyList_New(0);
@@ -1831,7 +2465,9 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     r->srv = (ph_pyserver_t *)Py_NewRef(srv);
     r->stream = s;
     r->t0 = srv->access_log ? ph_monotonic() : 0;
-    r->body_end = s->req.content_length <= 0 && !s->req.chunked;
+    r->is_ws = s->req.websocket;
+    /* A WebSocket's bytes are its session's, never an http.request body. */
+    r->body_end = r->is_ws || (s->req.content_length <= 0 && !s->req.chunked);
     PyObject_GC_Track(r);
     s->handler = &asgi_handler;
     s->user = Py_NewRef(r); /* the stream's reference, dropped in on_release */

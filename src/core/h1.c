@@ -7,6 +7,7 @@
 #include <llhttp.h>
 
 #include "h2.h"
+#include "ws.h"
 
 /* Unconsumed pipelined input beyond this pauses reading until the current exchange is done. */
 #define PIPELINE_BUFFER_MAX 65536
@@ -66,6 +67,13 @@ typedef struct {
     /* h2c: fresh: no byte read yet (the HTTP/2 preface may come); upgrade: this request asked
      * for `Upgrade: h2c` and gets it once its body is in (up_body); switching: do it now. */
     unsigned fresh : 1, up_h2c : 1, up_conn : 1, upgrade : 1, switching : 1;
+    /* WebSocket: the request said `Upgrade: websocket` / `Connection: upgrade`; tunnel: the 101
+     * is out and the connection carries the WebSocket's bytes both ways (stream.h). */
+    unsigned up_ws : 1, up_ws_conn : 1, tunnel : 1;
+    int ws_versions; /* Sec-WebSocket-Version fields seen, and whether the one was 13 */
+    unsigned ws_version_ok : 1;
+    int ws_keys;
+    ph_slice_t ws_key;
     int up_settings; /* HTTP2-Settings fields seen */
     ph_slice_t up_settings_value;
     uint8_t *h2_settings;
@@ -98,6 +106,7 @@ static llhttp_settings_t settings;
 
 static void process(h1_t *h);
 static void fail(h1_t *h, int status, const char *text);
+static void fail_with(h1_t *h, int status, const char *text, const char *header_line);
 
 /* ---- small buffers ---- */
 
@@ -217,6 +226,9 @@ static int cb_message_begin(llhttp_t *p)
     h->tarena_len = 0;
     h->up_h2c = h->up_conn = 0;
     h->up_settings = 0;
+    h->up_ws = h->up_ws_conn = 0;
+    h->ws_versions = h->ws_keys = 0;
+    h->ws_version_ok = 0;
     start_head_timer(h);
     return 0;
 }
@@ -442,13 +454,37 @@ static int cb_headers_complete(llhttp_t *p)
                 r->te_trailers = 1;
             break;
         case 7:
-            if (memcmp(n.base, "upgrade", 7) == 0 && ph_has_token(v, vl, "h2c", 3))
-                h->up_h2c = 1;
+            if (memcmp(n.base, "upgrade", 7) == 0) {
+                if (ph_has_token(v, vl, "h2c", 3))
+                    h->up_h2c = 1;
+                if (ph_has_token(v, vl, "websocket", 9))
+                    h->up_ws = 1;
+            }
             break;
         case 10:
-            if (memcmp(n.base, "connection", 10) == 0 && ph_has_token(v, vl, "upgrade", 7) &&
-                ph_has_token(v, vl, "http2-settings", 14))
-                h->up_conn = 1;
+            if (memcmp(n.base, "connection", 10) == 0 && ph_has_token(v, vl, "upgrade", 7)) {
+                h->up_ws_conn = 1;
+                if (ph_has_token(v, vl, "http2-settings", 14))
+                    h->up_conn = 1;
+            }
+            break;
+        case 17:
+            if (memcmp(n.base, "sec-websocket-key", 17) == 0) {
+                h->ws_keys++;
+                h->ws_key = (ph_slice_t){v, vl};
+                break;
+            }
+            if (memcmp(n.base, "transfer-encoding", 17) == 0) {
+                te++;
+                if (check_transfer_encoding(h, h->headers[i].value, &chunked) != 0)
+                    return HPE_USER;
+            }
+            break;
+        case 21:
+            if (memcmp(n.base, "sec-websocket-version", 21) == 0) {
+                h->ws_versions++;
+                h->ws_version_ok = vl == 2 && v[0] == '1' && v[1] == '3';
+            }
             break;
         case 4:
             if (memcmp(n.base, "host", 4) == 0)
@@ -467,13 +503,6 @@ static int cb_headers_complete(llhttp_t *p)
             } else if (memcmp(n.base, "http2-settings", 14) == 0) {
                 h->up_settings++;
                 h->up_settings_value = (ph_slice_t){v, vl};
-            }
-            break;
-        case 17:
-            if (memcmp(n.base, "transfer-encoding", 17) == 0) {
-                te++;
-                if (check_transfer_encoding(h, h->headers[i].value, &chunked) != 0)
-                    return HPE_USER;
             }
             break;
         }
@@ -690,6 +719,31 @@ static int want_h2c(h1_t *h)
     return 1;
 }
 
+/* RFC 6455 §4.2.1: a GET on HTTP/1.1 with `Upgrade: websocket` and `Connection: upgrade` is a
+ * WebSocket handshake (plain HTTP when WebSockets are off). 1: a valid one; 0: not one; -1: a
+ * broken one, answered here (426 names the version we speak, §4.4). */
+static int websocket_handshake(h1_t *h)
+{
+    const ph_request_t *r = &h->stream.req;
+    if (!h->up_ws || !h->up_ws_conn || !h->server->cfg.ws || r->http_minor != 1 ||
+        h->parser.method != HTTP_GET)
+        return 0;
+    if (h->ws_versions != 1 || !h->ws_version_ok) {
+        fail_with(h, 426, "Unsupported WebSocket version", "sec-websocket-version: 13\r\n");
+        return -1;
+    }
+    char accept[29];
+    if (h->ws_keys != 1 || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, accept) < 0) {
+        fail(h, 400, "Invalid Sec-WebSocket-Key");
+        return -1;
+    }
+    if (body_expected(r)) {
+        fail(h, 400, "A WebSocket handshake with a body");
+        return -1;
+    }
+    return 1;
+}
+
 static void on_headers(h1_t *h)
 {
     ph_request_t *r = &h->stream.req;
@@ -720,6 +774,10 @@ static void on_headers(h1_t *h)
         h->upgrade = 1; /* to HTTP/2 once the body is in: it goes to the app as stream 1 */
         return;
     }
+    int ws = websocket_handshake(h);
+    if (ws < 0)
+        return;
+    r->websocket = ws;
     h->stream.ops = &h1_ops;
     h->stream.handler = NULL;
     h->stream.user = NULL;
@@ -862,6 +920,20 @@ static void process(h1_t *h)
     ph_conn_t *c = h->conn;
     int resumed = 0;
     while (!h->closed) {
+        if (h->tunnel) {
+            /* The WebSocket's bytes, as they come (some may have come with the handshake):
+             * the bridge frames them. */
+            while (!h->closed && h->stream_open && !c->paused && c->rlen > c->rstart) {
+                size_t avail = c->rlen - c->rstart;
+                if (h->stream.handler)
+                    h->stream.handler->on_body(&h->stream, c->rbuf + c->rstart, avail);
+                if (h->closed)
+                    break; /* the bridge ended the tunnel: what is left goes with it */
+                ph_conn_consume(c, avail);
+            }
+            h->processing = 0;
+            return;
+        }
         if (h->stream_open && h->msg_complete)
             break; /* pipelined input waits for the response in flight */
         size_t avail = c->rlen - c->rstart;
@@ -950,7 +1022,7 @@ static void process(h1_t *h)
 
 /* ---- responses ---- */
 
-static void write_simple(h1_t *h, int status, const char *text)
+static void write_simple(h1_t *h, int status, const char *text, const char *header_line)
 {
     char head[256], body[200];
     size_t tl = text ? strlen(text) : 0;
@@ -977,9 +1049,11 @@ static void write_simple(h1_t *h, int status, const char *text)
     n += ll;
     memcpy(head + n, "\r\n", 2);
     n += 2;
-    uv_buf_t bufs[4];
+    uv_buf_t bufs[5];
     unsigned nb = 0;
     bufs[nb++] = buf_of(head, n);
+    if (header_line)
+        bufs[nb++] = buf_of(header_line, strlen(header_line));
     const ph_config_t *cfg = &h->server->cfg;
     if (cfg->server_header)
         bufs[nb++] = buf_of("server: pronghorn\r\n", 19);
@@ -996,8 +1070,9 @@ static void write_simple(h1_t *h, int status, const char *text)
     ph_conn_write(h->conn, bufs, nb);
 }
 
-/* The request failed below the app: answer with status if nothing was sent yet, then close. */
-static void fail(h1_t *h, int status, const char *text)
+/* The request failed below the app: answer with status if nothing was sent yet (with
+ * header_line, a "name: value\r\n", when not NULL), then close. */
+static void fail_with(h1_t *h, int status, const char *text, const char *header_line)
 {
     if (h->closed)
         return;
@@ -1010,8 +1085,13 @@ static void fail(h1_t *h, int status, const char *text)
         return;
     }
     disconnect_stream(h);
-    write_simple(h, status, text ? text : ph_status_reason(status));
+    write_simple(h, status, text ? text : ph_status_reason(status), header_line);
     close_conn(h, 1);
+}
+
+static void fail(h1_t *h, int status, const char *text)
+{
+    fail_with(h, status, text, NULL);
 }
 
 static void close_fd(int fd)
@@ -1034,6 +1114,11 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     if (h->resp_state != RESP_NONE && h->resp_state != RESP_STARTED)
         return PH_ESTATE;
     if (status < 100 || status > 999)
+        return PH_EINVAL;
+    /* 101 opens a WebSocket's tunnel, and only that: no other upgrade is the app's to make. */
+    int tunnel = status == 101;
+    char accept[29];
+    if (tunnel && (!s->req.websocket || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, accept) < 0))
         return PH_EINVAL;
     int64_t cl = -1;
     int want_chunked = 0, conn_close = 0, has_server = 0, has_date = 0;
@@ -1079,6 +1164,9 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
             ph_eq_lower(nm.base, nm.len, "transfer-encoding", 17) ||
             ph_eq_lower(nm.base, nm.len, "connection", 10))
             continue;
+        if (tunnel && (ph_eq_lower(nm.base, nm.len, "upgrade", 7) ||
+                       ph_eq_lower(nm.base, nm.len, "sec-websocket-accept", 20)))
+            continue; /* the handshake's own, written below */
         rv |= out_add(h, nm.base, nm.len);
         rv |= OUT_LIT(h, ": ");
         rv |= out_add(h, hs[i].value.base, hs[i].value.len);
@@ -1093,6 +1181,11 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     }
     if (cfg->extra_headers.len)
         rv |= out_add(h, cfg->extra_headers.base, cfg->extra_headers.len);
+    if (tunnel) {
+        rv |= OUT_LIT(h, "upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
+        rv |= out_add(h, accept, 28);
+        rv |= OUT_LIT(h, "\r\n\r\n");
+    }
     if (rv) {
         h->olen = 0;
         h->resp_state = RESP_NONE;
@@ -1165,6 +1258,44 @@ static int finish_head(h1_t *h, size_t first_len, int more)
     return rv ? PH_ENOMEM : 0;
 }
 
+/* The bytes of an accepted WebSocket: the 101 head first (op_start() made it whole), then the
+ * tunnel's bytes as they are; more=0 ends the tunnel and the connection. */
+static int tunnel_out(h1_t *h, const char *data, size_t len, int more)
+{
+    uv_buf_t bufs[2];
+    unsigned nb = 0;
+    int opening = h->resp_state == RESP_STARTED;
+    if (opening)
+        bufs[nb++] = buf_of(h->obuf, h->olen);
+    if (len)
+        bufs[nb++] = buf_of(data, len);
+    int rv = nb ? ph_conn_write(h->conn, bufs, nb) : 0;
+    if (rv == PH_ENOMEM)
+        return rv;
+    if (rv < 0) {
+        abort_conn(h);
+        return PH_ECLOSED;
+    }
+    if (opening) {
+        h->resp_state = RESP_BODY;
+        h->tunnel = 1;
+        h->keep_alive = 0;
+        h->olen = 0;
+        /* No deadline of ours from here: the bridge's pings watch the peer. Input that came
+         * with the handshake (or after it) is the tunnel's. */
+        ph_conn_set_timeout(h->conn, 0);
+        ph_conn_resume(h->conn);
+        if (h->conn->rlen > h->conn->rstart && !h->processing)
+            ph_loop_defer(h->server->loop, &h->resume);
+    }
+    h->resp_sent += len;
+    if (!more) {
+        release_stream(h);
+        close_conn(h, 1);
+    }
+    return 0;
+}
+
 /* The body of op_body() and op_sendfile(): len bytes from data, or (fd >= 0) from the file fd
  * at offset, which is then owned here and closed on every path. */
 static int body_out(h1_t *h, const char *data, int fd, uint64_t offset, size_t len, int more)
@@ -1172,6 +1303,10 @@ static int body_out(h1_t *h, const char *data, int fd, uint64_t offset, size_t l
     if (h->closed || !h->stream_open) {
         close_fd(fd);
         return PH_ECLOSED;
+    }
+    if (h->resp_status == 101 && h->resp_state != RESP_NONE) {
+        close_fd(fd);
+        return fd >= 0 ? PH_EINVAL : tunnel_out(h, data, len, more);
     }
     if (h->resp_state != RESP_STARTED && h->resp_state != RESP_BODY) {
         close_fd(fd);
@@ -1353,12 +1488,14 @@ static void op_want_body(ph_stream_t *s)
     ph_conn_resume(h->conn);
     if (!h->msg_complete)
         arm_body_timer(h);
+    else if (h->tunnel && h->conn->rlen > h->conn->rstart && !h->processing)
+        ph_loop_defer(h->server->loop, &h->resume); /* what was read before the pause */
 }
 
 static void op_pause_body(ph_stream_t *s)
 {
     h1_t *h = STREAM_H1(s);
-    if (h->closed || h->msg_complete)
+    if (h->closed || (h->msg_complete && !h->tunnel))
         return;
     ph_conn_pause(h->conn);
     ph_conn_set_timeout(h->conn, 0); /* the app holds the body: the client is not late */
@@ -1422,6 +1559,12 @@ static void on_eof(ph_conn_t *conn, int err)
         abort_conn(h); /* reset, or a write failed: nothing more reaches the peer */
         return;
     }
+    if (h->tunnel) {
+        /* The peer's last bytes were delivered; the bridge hears it is gone (a WebSocket
+         * closed properly has seen the close frames by now) and what is queued still goes. */
+        close_conn(h, 0);
+        return;
+    }
     h->eof_pending = 1;
     if (h->stream_open && h->msg_complete) {
         /* A half-close after a whole request (RFC 9112 §9.6): the client may still read, so
@@ -1451,7 +1594,7 @@ static void on_drain(ph_conn_t *conn)
 static void on_timeout(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
-    if (h->stream_open && h->msg_complete)
+    if (h->tunnel || (h->stream_open && h->msg_complete))
         return; /* the app has the request; no deadline of ours applies to it */
     if (h->in_message && h->headers_done) {
         fail(h, 408, "Request body timeout");
@@ -1483,13 +1626,17 @@ static void drain(ph_conn_t *conn)
     h->draining = 1;
     if (!h->stream_open)
         close_conn(h, h->in_message); /* idle, or dropping an unread body: go now */
+    else if (h->tunnel && h->stream.handler && h->stream.handler->on_goaway)
+        h->stream.handler->on_goaway(&h->stream);
 }
 
 static void expire(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
     h->draining = 1;
-    if (h->stream_open && h->resp_state == RESP_BODY)
+    if (h->tunnel)
+        close_conn(h, 0); /* a WebSocket that did not close in time: what is queued still goes */
+    else if (h->stream_open && h->resp_state == RESP_BODY)
         abort_conn(h);
     else if (h->stream_open)
         fail(h, 503, "Server shutting down");

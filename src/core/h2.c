@@ -278,9 +278,11 @@ static int spend(h2_t *h)
 enum { WAIT_NONE, WAIT_WINDOW, WAIT_HEAD, WAIT_BODY, WAIT_IDLE };
 
 /* An app waits for this stream's body, which the client owes (no 100 it still waits for). */
+/* A stream whose body is awaited (its deadline applies). A WebSocket's stream never is: its
+ * bytes come when its peer has something to say, and the bridge's pings watch it. */
 static int reading(const h2_stream_t *st)
 {
-    return st->attached && !st->remote_done && !st->paused &&
+    return st->attached && !st->remote_done && !st->paused && !st->stream.req.websocket &&
            !(st->stream.req.expect_continue && !st->continue_sent);
 }
 
@@ -454,9 +456,15 @@ static void open_stream(h2_stream_t *st, int end_stream)
         respond_simple(st, 431);
         return;
     }
-    if (st->pseudo[P_PROTOCOL][1] ||
-        ph_eq_lower(pseudo(st, P_METHOD).base, pseudo(st, P_METHOD).len, "connect", 7)) {
-        respond_simple(st, 501); /* no tunnels yet (extended CONNECT comes with WebSockets) */
+    /* RFC 8441: extended CONNECT with :protocol websocket (offered in our SETTINGS when
+     * WebSockets are on; nghttp2 has checked :scheme and :path are there) opens a WebSocket.
+     * Plain CONNECT and other protocols are not served. */
+    ph_slice_t proto = pseudo(st, P_PROTOCOL);
+    int websocket = st->pseudo[P_PROTOCOL][1] && h->server->cfg.ws &&
+                    ph_eq_lower(proto.base, proto.len, "websocket", 9);
+    if (!websocket && (st->pseudo[P_PROTOCOL][1] ||
+                       ph_eq_lower(pseudo(st, P_METHOD).base, pseudo(st, P_METHOD).len, "connect", 7))) {
+        respond_simple(st, 501);
         return;
     }
     /* Several cookie fields become one (RFC 9113 §8.2.3), as an HTTP/1.1 app expects. */
@@ -528,6 +536,24 @@ static void open_stream(h2_stream_t *st, int end_stream)
     r->nheaders = n;
     r->is_head = r->method.len == 4 && memcmp(r->method.base, "HEAD", 4) == 0;
     r->te_trailers = 1;
+    r->websocket = websocket;
+    if (websocket) {
+        /* The WebSocket's own version (RFC 8441 §5: as in RFC 6455). */
+        int version_ok = 0;
+        for (size_t i = 0; i < n; i++) {
+            ph_header_t *f = &st->headers[i];
+            if (ph_eq_lower(f->name.base, f->name.len, "sec-websocket-version", 21))
+                version_ok = f->value.len == 2 && memcmp(f->value.base, "13", 2) == 0;
+        }
+        if (!version_ok) {
+            respond_simple(st, 400);
+            return;
+        }
+        if (end_stream) {
+            respond_simple(st, 400); /* a tunnel with its client's side already closed */
+            return;
+        }
+    }
     /* No body will come: the bridge must not wait for one. */
     if (end_stream)
         r->content_length = 0;
@@ -876,6 +902,9 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
         return PH_ECLOSED;
     if (st->submitted)
         return PH_ESTATE;
+    /* 101 accepts a WebSocket: on HTTP/2 that is a 200 whose DATA frames carry it (RFC 8441). */
+    if (status == 101 && s->req.websocket)
+        status = 200;
     if (status < 200 || status > 999 || check_headers(hs, n) < 0)
         return PH_EINVAL;
     int64_t cl = -1;
@@ -898,7 +927,8 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     int rv = 0;
     for (size_t i = 0; i < n && rv == 0; i++) {
         if (connection_specific(hs[i].name) ||
-            ph_eq_lower(hs[i].name.base, hs[i].name.len, "content-length", 14))
+            ph_eq_lower(hs[i].name.base, hs[i].name.len, "content-length", 14) ||
+            ph_eq_lower(hs[i].name.base, hs[i].name.len, "sec-websocket-accept", 20))
             continue;
         rv = fields_add(&st->resp, hs[i].name.base, hs[i].name.len, hs[i].value.base,
                         hs[i].value.len, 1);
@@ -1288,6 +1318,13 @@ static void drain(ph_conn_t *conn)
     h->draining = 1;
     nghttp2_submit_goaway(h->ss, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ss),
                           NGHTTP2_NO_ERROR, NULL, 0);
+    /* Open WebSockets hear it too: they close themselves (1001) before the deadline. */
+    for (h2_stream_t *st = h->streams, *next; st && !h->closed; st = next) {
+        next = st->next;
+        if (st->attached && st->stream.req.websocket && st->stream.handler &&
+            st->stream.handler->on_goaway)
+            st->stream.handler->on_goaway(&st->stream);
+    }
     flush(h);
 }
 
@@ -1384,8 +1421,11 @@ static h2_t *h2_new(ph_conn_t *conn)
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->h2_initial_window_size},
         {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, cfg->h2_max_frame_size},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)h->max_header_list},
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };
-    if (nghttp2_submit_settings(h->ss, NGHTTP2_FLAG_NONE, iv, 4) != 0 ||
+    /* The last entry (RFC 8441's extended CONNECT) only when WebSockets are served. */
+    size_t niv = sizeof(iv) / sizeof(iv[0]) - (cfg->ws ? 0 : 1);
+    if (nghttp2_submit_settings(h->ss, NGHTTP2_FLAG_NONE, iv, niv) != 0 ||
         nghttp2_session_set_local_window_size(h->ss, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
         nghttp2_session_del(h->ss);
         free(h);

@@ -120,8 +120,8 @@ int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_head
                       PyObject **root_path)
 {
     ph_config_t *cfg = &server->cfg;
-    double ka, hdr, bd, wr;
-    size_t line, nhdr, hdrsize, body, conc, maxconn, hw, http, h2s, h2w, h2h, h2f;
+    double ka, hdr, bd, wr, ping, pong;
+    size_t line, nhdr, hdrsize, body, conc, maxconn, hw, http, h2s, h2w, h2h, h2f, ws, wsq, wsmax;
     int sh, dh;
     if (opt_double(opts, "timeout_keep_alive", 5.0, &ka) < 0 ||
         opt_double(opts, "timeout_request_header", 10.0, &hdr) < 0 ||
@@ -138,7 +138,13 @@ int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_head
         opt_size(opts, "h2_max_concurrent_streams", 100, &h2s) < 0 ||
         opt_size(opts, "h2_initial_window_size", 262144, &h2w) < 0 ||
         opt_size(opts, "h2_max_header_list_size", 0, &h2h) < 0 ||
-        opt_size(opts, "h2_max_frame_size", 16384, &h2f) < 0)
+        opt_size(opts, "h2_max_frame_size", 16384, &h2f) < 0 ||
+        /* WebSockets are the ASGI bridge's: off unless it asks */
+        opt_size(opts, "ws", 0, &ws) < 0 ||
+        opt_size(opts, "ws_max_size", 16 * 1024 * 1024, &wsmax) < 0 ||
+        opt_size(opts, "ws_max_queue", 32, &wsq) < 0 ||
+        opt_double(opts, "ws_ping_interval", 20.0, &ping) < 0 ||
+        opt_double(opts, "ws_ping_timeout", 20.0, &pong) < 0)
         return -1;
     if (http > PH_HTTP_2 || h2s > UINT32_MAX || h2w > 0x7fffffff || h2h > UINT32_MAX ||
         h2f < 16384 || h2f > 16777215) {
@@ -149,8 +155,16 @@ int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_head
     sh = v ? PyObject_IsTrue(v) : 1;
     v = PyDict_GetItemString(opts, "date_header");
     dh = v ? PyObject_IsTrue(v) : 1;
-    if (sh < 0 || dh < 0)
+    v = PyDict_GetItemString(opts, "ws_per_message_deflate");
+    int wsd = v ? PyObject_IsTrue(v) : 1;
+    if (sh < 0 || dh < 0 || wsd < 0)
         return -1;
+    cfg->ws = ws != 0;
+    cfg->ws_deflate = wsd;
+    cfg->ws_max_size = wsmax;
+    cfg->ws_max_queue = wsq ? wsq : 1;
+    cfg->ws_ping_interval_ms = (uint64_t)(ping * 1000);
+    cfg->ws_ping_timeout_ms = (uint64_t)(pong * 1000);
     cfg->timeout_keep_alive_ms = (uint64_t)(ka * 1000);
     cfg->timeout_request_header_ms = (uint64_t)(hdr * 1000);
     cfg->timeout_request_body_ms = (uint64_t)(bd * 1000);
@@ -521,6 +535,24 @@ static int module_exec(PyObject *m)
     INTERN(v_http_response_start, "http.response.start");
     INTERN(v_http_response_body, "http.response.body");
     INTERN(v_http_response_trailers, "http.response.trailers");
+    INTERN(k_subprotocols, "subprotocols");
+    INTERN(k_subprotocol, "subprotocol");
+    INTERN(k_text, "text");
+    INTERN(k_bytes, "bytes");
+    INTERN(k_code, "code");
+    INTERN(k_reason, "reason");
+    INTERN(k_ext_ws_response, "websocket.http.response");
+    INTERN(v_websocket, "websocket");
+    INTERN(v_ws, "ws");
+    INTERN(v_wss, "wss");
+    INTERN(v_ws_connect, "websocket.connect");
+    INTERN(v_ws_accept, "websocket.accept");
+    INTERN(v_ws_receive, "websocket.receive");
+    INTERN(v_ws_send, "websocket.send");
+    INTERN(v_ws_close, "websocket.close");
+    INTERN(v_ws_disconnect, "websocket.disconnect");
+    INTERN(v_ws_response_start, "websocket.http.response.start");
+    INTERN(v_ws_response_body, "websocket.http.response.body");
     INTERN(s_create_future, "create_future");
     INTERN(s_set_result, "set_result");
     INTERN(s_done, "done");

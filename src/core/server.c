@@ -28,6 +28,11 @@ void ph_server_init(ph_server_t *server, ph_loop_t *loop)
     c->h2_initial_window_size = 262144;
     c->h2_max_header_list_size = 0;
     c->h2_max_frame_size = 16384;
+    c->ws_deflate = 1;
+    c->ws_max_size = 16 * 1024 * 1024;
+    c->ws_max_queue = 32;
+    c->ws_ping_interval_ms = 20000;
+    c->ws_ping_timeout_ms = 20000;
 }
 
 int ph_server_add_listener(ph_server_t *server, int fd, int is_unix, int backlog)

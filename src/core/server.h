@@ -42,6 +42,12 @@ typedef struct {
     uint32_t h2_initial_window_size;  /* each stream's receive window (bytes held per stream) */
     uint32_t h2_max_header_list_size; /* advertised and enforced (431 beyond); 0 = as HTTP/1 */
     uint32_t h2_max_frame_size;       /* the largest frame we accept (16384 .. 16777215) */
+    /* WebSockets: ws 0 serves an upgrade request as plain HTTP; the rest is the bridge's. */
+    int ws;
+    int ws_deflate;            /* offer to agree on permessage-deflate */
+    uint64_t ws_max_size;      /* biggest message taken, bytes (1009 beyond) */
+    size_t ws_max_queue;       /* messages held for the app before reading stops */
+    uint64_t ws_ping_interval_ms, ws_ping_timeout_ms; /* 0: no pings / no timeout */
 } ph_config_t;
 
 enum { PH_HTTP_AUTO, PH_HTTP_1, PH_HTTP_2 };

@@ -23,6 +23,13 @@ typedef struct {
     /* te_trailers: the client takes response trailers (HTTP/1.1 `TE: trailers`; always on
      * HTTP/2). */
     unsigned chunked : 1, expect_continue : 1, is_head : 1, te_trailers : 1;
+    /* A WebSocket handshake the protocol checked (HTTP/1.1 `Upgrade: websocket` with version 13
+     * and a valid key; HTTP/2 extended CONNECT with `:protocol: websocket`). start() with status
+     * 101 accepts it: the protocol sends its own form of the answer (101 and
+     * Sec-WebSocket-Accept; 200 on HTTP/2) and the stream becomes a tunnel: body() carries raw
+     * bytes to the peer, more=0 closes it; on_body() delivers the peer's raw bytes; no
+     * deadline of the protocol's applies. Any other status refuses it with an HTTP response. */
+    unsigned websocket : 1;
 } ph_request_t;
 
 /* What a bridge may ask of the protocol. Every op returns 0 or a negative PH_E* / libuv error;
@@ -70,6 +77,9 @@ typedef struct {
     /* The peer closed its sending side after the whole request (an HTTP/1 half-close): it may
      * still read the response, or be gone (the next write tells). Optional. */
     void (*on_peer_closed)(ph_stream_t *s);
+    /* The server is shutting down: a tunnel should be closed soon (its peer told so); the
+     * protocol ends it at the shutdown deadline. Optional. */
+    void (*on_goaway)(ph_stream_t *s);
     /* Last call: the protocol forgets the stream; the bridge must not touch it again. */
     void (*on_release)(ph_stream_t *s);
 } ph_stream_handler_t;

@@ -38,6 +38,9 @@ SSL_CERT_REQS = ("none", "optional", "required")
 #: uvicorn's numbers for the same (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)
 _SSL_CERT_REQS_NUMBERS = {"0": "none", "1": "optional", "2": "required"}
 SSL_MIN_VERSIONS = ("1.2", "1.3")
+#: WebSockets: auto serves them (ASGI apps); none serves an upgrade request as plain HTTP.
+#: uvicorn's library names are taken for auto: pronghorn's own implementation serves them.
+WS_CHOICES = ("auto", "none", "websockets", "wsproto", "websockets-sansio")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 _INT32_MAX = 2**31 - 1
@@ -270,6 +273,12 @@ class Config:
     ssl_cert_reqs: str = "none"
     ssl_ciphers: str | None = None
     ssl_min_version: str = "1.2"
+    ws: str = "auto"
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_max_queue: int = 32
+    ws_ping_interval: float | None = 20.0
+    ws_ping_timeout: float | None = 20.0
+    ws_per_message_deflate: bool = True
     timeout_keep_alive: float = 5.0
     timeout_request_header: float = 10.0
     timeout_request_body: float = 30.0
@@ -317,6 +326,7 @@ class Config:
             "h2_max_frame_size", self.h2_max_frame_size, 16384, 16777215
         )
         self._validate_tls()
+        self._validate_ws()
         if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise _fail("loop", "uvloop is not installed (pip install uvloop)", "uvloop")
 
@@ -362,6 +372,21 @@ class Config:
         self._validate_forwarded_allow_ips()
         self.log_level = _as_choice("log_level", self.log_level, LOG_LEVELS)
         self.access_log = _as_bool("access_log", self.access_log)
+
+    def _validate_ws(self) -> None:
+        ws = _as_choice("ws", self.ws, WS_CHOICES)
+        self.ws = "none" if ws == "none" else "auto"
+        self.ws_max_size = _as_int("ws_max_size", self.ws_max_size, 1, _INT64_MAX)
+        self.ws_max_queue = _as_int("ws_max_queue", self.ws_max_queue, 1, _INT32_MAX)
+        for name in ("ws_ping_interval", "ws_ping_timeout"):
+            v = getattr(self, name)
+            if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+                setattr(self, name, None)  # as in uvicorn: no pings / no timeout
+            else:
+                setattr(self, name, _as_seconds(name, v, allow_zero=True) or None)
+        self.ws_per_message_deflate = _as_bool(
+            "ws_per_message_deflate", self.ws_per_message_deflate
+        )
 
     def _validate_app(self) -> None:
         app = self.app

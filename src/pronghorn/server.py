@@ -200,6 +200,18 @@ def _core_options(config: Config, tls=None) -> dict:
     }
 
 
+def _ws_options(config: Config) -> dict:
+    """WebSockets, for the ASGI server only (WSGI has none: an upgrade is plain HTTP there)."""
+    return {
+        "ws": 1 if config.ws == "auto" else 0,
+        "ws_max_size": config.ws_max_size,
+        "ws_max_queue": config.ws_max_queue,
+        "ws_ping_interval": config.ws_ping_interval or 0.0,
+        "ws_ping_timeout": config.ws_ping_timeout or 0.0,
+        "ws_per_message_deflate": config.ws_per_message_deflate,
+    }
+
+
 def _ignore_signal(signum, frame) -> None:
     pass
 
@@ -292,6 +304,7 @@ async def _serve(
         return 3
 
     options = _core_options(config, tls)
+    options.update(_ws_options(config))
     server = _core.Server(app, loop, state, options)
     names = []
     for sock, is_unix in socks:
