@@ -318,7 +318,9 @@ def test_upgrade_request_is_served_as_http11_and_keep_alive_goes_on(server):
 
 
 def test_upgrade_websocket_on_a_plain_route_then_next_request(server):
-    srv = server("basic:app")
+    """With WebSockets off, a handshake is a plain GET and keep-alive goes on past it (with
+    them on, the app gets a websocket scope: tests/test_websocket.py)."""
+    srv = server("basic:app", "--ws", "none")
     with RawConn(srv.port) as conn:
         conn.send(
             request_bytes(

@@ -13,6 +13,10 @@ from fastapi import (
     HTTPException,
     Request,
     UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+    WebSocketException,
+    status,
 )
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -98,3 +102,17 @@ async def state(request: Request):
 def sync_route():
     # a plain def route runs in a worker thread (anyio.to_thread)
     return {"sync": True}
+
+
+@app.websocket("/ws/{room}")
+async def ws_room(websocket: WebSocket, room: str, token: str | None = None):
+    if room == "forbidden":
+        raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION)
+    await websocket.accept()
+    await websocket.send_json({"room": room, "token": token})
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text(f"{room}: {text}")
+    except WebSocketDisconnect:
+        pass

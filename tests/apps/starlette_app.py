@@ -1,4 +1,5 @@
-"""A Starlette app: routes, JSON, form upload, streaming, background task, lifespan state."""
+"""A Starlette app: routes, JSON, form upload, streaming, background task, lifespan state, a
+WebSocket echo."""
 
 import asyncio
 import contextlib
@@ -7,7 +8,8 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 BACKGROUND: list[str] = []
 
@@ -78,8 +80,19 @@ async def client(request: Request):
     return JSONResponse({"client": list(request.client), "url": str(request.url)})
 
 
+async def ws_echo(websocket: WebSocket):
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text(f"starlette: {text}")
+    except WebSocketDisconnect:
+        pass
+
+
 app = Starlette(
     routes=[
+        WebSocketRoute("/ws", ws_echo),
         Route("/", home),
         Route("/items/{item_id:int}", item),
         Route("/json", echo_json, methods=["POST"]),
