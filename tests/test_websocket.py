@@ -287,6 +287,32 @@ def test_server_close_after_message(wsrv):
         assert c.is_closed(timeout=5)  # the server closes TCP after the handshake
 
 
+def test_our_close_does_not_wait_forever_for_the_peers(server):
+    srv = server("ws_app:app", "--ws-ping-interval", "0")
+    c = open_raw(srv.port, "/server-close")
+    with c:
+        assert read_frame(c) == (1, b"hi")
+        op, payload = read_frame(c)
+        assert op == 8
+        t0 = time.monotonic()
+        assert c.is_closed(timeout=10)  # no close frame from us: the server stops waiting
+        assert 3 < time.monotonic() - t0 < 9
+
+
+def test_limit_concurrency_counts_open_websockets(server):
+    srv = server("ws_app:app", "--limit-concurrency", "1")
+    with connect(ws_url(srv)) as ws:
+        ws.send("x")
+        assert ws.recv() == "x"
+        with pytest.raises(InvalidStatus) as e:
+            connect(ws_url(srv))
+        assert e.value.response.status_code == 503
+    time.sleep(0.3)
+    with connect(ws_url(srv)) as ws:  # the first one's end made room
+        ws.send("y")
+        assert ws.recv() == "y"
+
+
 def test_send_after_close_raises_oserror(wsrv):
     with connect(ws_url(wsrv, "/send-after-close")) as ws:
         with pytest.raises(ConnectionClosed):
@@ -704,6 +730,44 @@ def test_websocket_over_http2(wsrv):
         ws.until(lambda e: isinstance(e, ws.events_mod.StreamEnded))
     finally:
         ws.sock.close()
+
+
+def test_websocket_over_http2_graceful_shutdown(server):
+    srv = server("ws_app:app")
+    ws = H2WebSocket(srv.port)
+    try:
+        ws.send(frame(1, b"x"))
+        assert ws.read_frame() == (1, b"x")
+        srv.send_signal(signal.SIGINT)
+        # The GOAWAY comes first, and the h2 library takes no frame after one (RFC 9113 lets
+        # open streams go on): the frames from here on are read, and written, by hand.
+        raw, data, end = b"", b"", False
+        deadline = time.monotonic() + 5
+        while not end and time.monotonic() < deadline:
+            chunk = ws.sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+            while len(raw) >= 9 and len(raw) >= 9 + int.from_bytes(raw[:3], "big"):
+                n, ftype, flags = int.from_bytes(raw[:3], "big"), raw[3], raw[4]
+                sid = int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
+                if ftype == 0 and sid == ws.sid:
+                    data += raw[9 : 9 + n]
+                    if data[:1] == b"\x88" and len(data) >= 2 + (data[1] & 0x7F):
+                        code = close_code(data[2 : 2 + (data[1] & 0x7F)])
+                        assert code == 1001
+                        reply = frame(8, struct.pack("!H", code))
+                        head = (
+                            len(reply).to_bytes(3, "big") + b"\x00\x00" + ws.sid.to_bytes(4, "big")
+                        )
+                        ws.sock.sendall(head + reply)
+                    end = end or bool(flags & 1)
+                raw = raw[9 + n :]
+        assert data[:1] == b"\x88", data
+        assert end, "the stream ended after the closing handshake"
+    finally:
+        ws.sock.close()
+    assert srv.wait_exit(10) == 0
 
 
 def test_websocket_over_http2_scope_and_denial(wsrv):

@@ -1503,7 +1503,7 @@ static void ws_timer_fire(uv_timer_t *t)
     Py_INCREF(r);
     if (r->ws_close_sent) {
         ws_end(r, PH_WS_ABNORMAL); /* the peer never answered our close */
-    } else if (r->ws_ping_at) {
+    } else if (r->ws_ping_at && cfg->ws_ping_timeout_ms) {
         /* No pong in time: the peer (or the path to it) is gone. */
         ws_start_close(r, PH_WS_INTERNAL_ERROR, "keepalive ping timeout", 22);
         ws_end(r, PH_WS_INTERNAL_ERROR);
@@ -1743,16 +1743,15 @@ static PyObject *ws_accept(ph_req_t *r, PyObject *msg)
     }
     r->ws_accepted = r->started = r->body_started = 1;
     r->status = 101;
-    if (cfg->ws_ping_interval_ms) {
-        ws_timer_t *wt = malloc(sizeof(*wt));
-        if (wt && uv_timer_init(&r->srv->loop.uv, &wt->t) == 0) {
-            wt->t.data = wt;
-            wt->req = r;
-            r->ws_timer = wt;
-            ws_arm(r, cfg->ws_ping_interval_ms);
-        } else {
-            free(wt); /* no pings: the connection works without them */
-        }
+    /* The timer pings (when asked to) and bounds our close's wait for the peer's. */
+    ws_timer_t *wt = malloc(sizeof(*wt));
+    if (wt && uv_timer_init(&r->srv->loop.uv, &wt->t) == 0) {
+        wt->t.data = wt;
+        wt->req = r;
+        r->ws_timer = wt;
+        ws_arm(r, cfg->ws_ping_interval_ms);
+    } else {
+        free(wt); /* the connection works without it, but waits on a silent peer's close */
     }
     ph_loop_touch(&r->srv->loop);
     ret = Py_NewRef(st->done);
