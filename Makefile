@@ -28,7 +28,8 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 BUILD_INPUTS := pyproject.toml meson.build $(wildcard meson.options meson_options.txt)
 
-.PHONY: all build serve test lint clean distclean test-asan test-tsan fuzz soak leak-check h2spec
+.PHONY: all build serve test lint clean distclean test-asan test-tsan fuzz soak leak-check h2spec \
+	autobahn
 
 all: build
 
@@ -143,12 +144,19 @@ soak: build
 	$(BIN)/python tests/soak.py --requests 1000000
 	$(BIN)/python tests/soak.py --requests 600000 --app wsgi_app:app --warmup-rounds 1
 	$(BIN)/python tests/soak.py --requests 400000 --tls
+	$(BIN)/python tests/soak.py --requests 200000 --ws
+
+# The Autobahn WebSocket cases (sections 1-7, 9, 10, 12-13) through kosoku, against an echo
+# app; fails on any case graded worse than NON-STRICT / INFORMATIONAL (tests/autobahn.py).
+autobahn: build
+	$(BIN)/python tests/autobahn.py
 
 leak-check: $(ASAN_STAMP)
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check --app wsgi_app:app
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check --tls
 	$(BIN)/python tests/soak.py --requests 20000 --leak-check --tls --app wsgi_app:app
+	$(BIN)/python tests/soak.py --requests 5000 --leak-check --ws
 
 # ---- fuzzing ----------------------------------------------------------------------------------
 # libFuzzer targets (clang); `make fuzz FUZZ_SECONDS=60` runs them from the seed corpus in

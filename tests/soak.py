@@ -6,7 +6,10 @@ Mix (against basic:app, or --app wsgi_app:app for the WSGI bridge): keep-alive G
 pipelined GETs (wrk), plus uploads, aborted uploads, client resets and malformed requests from
 raw sockets; HTTP/2 GETs (h2load, 16 streams a connection) and HTTP/2 uploads, stream resets
 and dropped connections (the h2 library). With --tls all of it goes over TLS (a certificate
-made by trustme), plus abandoned and garbage handshakes. Prints RSS after a warm-up and at the
+made by trustme), plus abandoned and garbage handshakes. With --ws (against ws_app:app) the
+mix is WebSocket sessions instead: echoes of small and 256 KiB messages with and without
+permessage-deflate, sessions the client drops without a close frame, framing errors, app
+closes and refused handshakes. Prints RSS after a warm-up and at the
 end; exits 1 if it grew by more than --slack-mib. Not part of `make test` (it takes a few
 minutes); run by `make soak`.
 """
@@ -206,6 +209,50 @@ def h2_mix(port: int, n: int) -> int:
     return 3 * n
 
 
+def ws_round(port: int, n: int) -> int:
+    """About n WebSocket messages in sessions of every kind; returns the messages echoed."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    ctx = None
+    if SCHEME == "https":
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    base = ("wss" if SCHEME == "https" else "ws") + f"://127.0.0.1:{port}"
+    done = 0
+    big = os.urandom(256 * 1024)
+    rnd = random.Random(n)
+    while done < n:
+        kind = rnd.randrange(8)
+        compression = "deflate" if rnd.randrange(2) else None
+        try:
+            if kind == 6:
+                with connect(base + "/deny", ssl=ctx):
+                    pass
+            with connect(base + ("/close" if kind == 5 else "/echo"), ssl=ctx,
+                         compression=compression, max_size=None) as ws:  # fmt: skip
+                if kind == 5:
+                    ws.recv()
+                    continue
+                for i in range(50):
+                    msg = big if i % 25 == 24 else f"message {i} " * rnd.randrange(1, 40)
+                    ws.send(msg)
+                    assert ws.recv() == msg
+                    done += 1
+                if kind == 3:  # gone without a close frame: a reset
+                    ws.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    ws.socket.close()
+                elif kind == 4:  # a frame the server must refuse (unmasked): close 1002
+                    ws.socket.sendall(b"\x81\x02hi")
+                    ws.recv(timeout=5)
+        except (ConnectionClosed, InvalidStatus, OSError):
+            pass
+    return done
+
+
 def one_round(port: int, lua: str, raw_share: int) -> int:
     total = wrk(port, 5, 64)
     total += wrk(port, 3, 32, lua)  # counts wrk's pipelined batches
@@ -236,7 +283,10 @@ def main() -> int:
         "each grow a malloc arena of their own during the first one)",
     )
     ap.add_argument("--tls", action="store_true", help="everything over TLS (HTTP/1.1 and h2)")
+    ap.add_argument("--ws", action="store_true", help="WebSocket sessions (ws_app:app)")
     args = ap.parse_args()
+    if args.ws:
+        args.app = "ws_app:app"
 
     global SCHEME
     tls_flags: list[str] = []
@@ -288,7 +338,10 @@ def main() -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(PIPELINE_LUA)
             lua = f.name
-        total = wrk(port, 3, 64) + raw_mix(port, 2000) + h2load(port, 20000) + h2_mix(port, 200)
+        if args.ws:
+            total = ws_round(port, 2000)
+        else:
+            total = wrk(port, 3, 64) + raw_mix(port, 2000) + h2load(port, 20000) + h2_mix(port, 200)
         raw_share = max(1000, args.requests // 50)
         for _ in range(args.warmup_rounds):
             total += one_round(port, lua, raw_share)
@@ -296,7 +349,7 @@ def main() -> int:
         print(f"after warm-up ({total} requests): RSS {before / 2**20:.1f} MiB", flush=True)
         target = args.requests
         while total < target:
-            total += one_round(port, lua, raw_share)
+            total += ws_round(port, 10000) if args.ws else one_round(port, lua, raw_share)
             print(f"  {total} requests, RSS {rss(server.pid) / 2**20:.1f} MiB", flush=True)
         after = rss(server.pid)
         grew = (after - before) / 2**20
