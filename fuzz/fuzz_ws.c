@@ -11,11 +11,16 @@
  * inflates back to what we were given; a failure carries 1002, 1007 or 1009 and ends the
  * session. Built by `make fuzz`. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
+#include "../tests/c/utf8_ref.h"
 #include "ws.h"
+
+/* An invariant broke: say which before the fuzzer's crash report (a trap has no line). */
+#define BROKEN() (fprintf(stderr, "fuzz_ws.c:%d: invariant broken\n", __LINE__), abort())
 
 typedef struct {
     ph_ws_config_t cfg;
@@ -27,45 +32,13 @@ typedef struct {
     int echo_op;
 } fz_t;
 
-static int utf8_ok(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i], k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            k = 1, cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            k = 2, cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            k = 3, cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i < k + 1)
-            return 0;
-        for (unsigned j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return 0;
-            cp = cp << 6 | (s[i + j] & 0x3f);
-        }
-        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
 
 static void check_buffer(const ph_ws_t *ws, const fz_t *f)
 {
     if (f->cfg.max_size) {
         size_t bound = f->cfg.max_size + 1 > 4096 ? f->cfg.max_size + 1 : 4096;
         if (ph_ws_buffered(ws) > bound)
-            __builtin_trap(); /* more held than the limit needs */
+            BROKEN(); /* more held than the limit needs */
     }
 }
 
@@ -73,11 +46,11 @@ static void on_message(ph_ws_t *ws, int op, const char *data, size_t len)
 {
     fz_t *f = ph_ws_data(ws);
     if (op != PH_WS_TEXT && op != PH_WS_BINARY)
-        __builtin_trap();
-    if (op == PH_WS_TEXT && !utf8_ok((const unsigned char *)data, len))
-        __builtin_trap();
+        BROKEN();
+    if (op == PH_WS_TEXT && !utf8_ref((const unsigned char *)data, len))
+        BROKEN();
     if (f->cfg.max_size && len > f->cfg.max_size)
-        __builtin_trap();
+        BROKEN();
     check_buffer(ws, f);
     f->messages++;
     f->echo = data;
@@ -85,12 +58,12 @@ static void on_message(ph_ws_t *ws, int op, const char *data, size_t len)
     f->echo_op = op;
     int rv = ph_ws_send(ws, op, data, len);
     if (rv != 0 && rv != PH_ECLOSED)
-        __builtin_trap();
+        BROKEN();
     if (rv == PH_ECLOSED && !f->close_written)
-        __builtin_trap();
+        BROKEN();
     f->echo = NULL;
     if (f->messages == f->close_after && ph_ws_close(ws, 1000, "bye", 3) != 0)
-        __builtin_trap();
+        BROKEN();
 }
 
 static void on_close(ph_ws_t *ws, int code, const char *reason, size_t len)
@@ -99,8 +72,8 @@ static void on_close(ph_ws_t *ws, int code, const char *reason, size_t len)
     f->closes++;
     int ok = code == PH_WS_NO_STATUS || (code >= 1000 && code <= 1003) ||
              (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
-    if (!ok || !utf8_ok((const unsigned char *)reason, len) || !ph_ws_close_sent(ws))
-        __builtin_trap();
+    if (!ok || !utf8_ref((const unsigned char *)reason, len) || !ph_ws_close_sent(ws))
+        BROKEN();
 }
 
 /* What we compressed must inflate, with the window we announced, to what we were given. */
@@ -112,7 +85,7 @@ static void check_inflates(fz_t *f, const unsigned char *p, size_t n)
         f->zin_ready = 1;
     }
     if (f->echo == NULL)
-        __builtin_trap();
+        BROKEN();
     unsigned char *in = malloc(n + 4), *out = malloc(f->echo_len + 1);
     if (in == NULL || out == NULL)
         abort();
@@ -125,9 +98,9 @@ static void check_inflates(fz_t *f, const unsigned char *p, size_t n)
     int zr = inflate(&f->zin, Z_SYNC_FLUSH);
     size_t got = f->echo_len + 1 - f->zin.avail_out;
     if ((zr != Z_OK && zr != Z_BUF_ERROR) || f->zin.avail_in != 0)
-        __builtin_trap();
+        BROKEN();
     if (got != f->echo_len || memcmp(out, f->echo, got) != 0)
-        __builtin_trap();
+        BROKEN();
     free(in);
     free(out);
     if (f->cfg.server_no_context_takeover)
@@ -139,41 +112,41 @@ static int on_write(ph_ws_t *ws, const char *data, size_t len)
     fz_t *f = ph_ws_data(ws);
     const unsigned char *h = (const unsigned char *)data;
     if (len < 2 || (h[1] & 0x80) || f->close_written)
-        __builtin_trap(); /* short, masked, or after our close frame */
+        BROKEN(); /* short, masked, or after our close frame */
     size_t n = h[1] & 0x7f, hl = 2;
     if (n == 126) {
         hl = 4;
         n = len >= 4 ? (size_t)h[2] << 8 | h[3] : 0;
         if (n < 126)
-            __builtin_trap();
+            BROKEN();
     } else if (n == 127) {
         hl = 10;
         n = 0;
         for (int i = 0; i < 8 && len >= 10; i++)
             n = n << 8 | h[2 + i];
         if (n <= 0xffff)
-            __builtin_trap();
+            BROKEN();
     }
     if (len != hl + n || !(h[0] & 0x80) || (h[0] & 0x30))
-        __builtin_trap(); /* one whole, final frame */
+        BROKEN(); /* one whole, final frame */
     int op = h[0] & 0x0f;
     if (op >= 0x8) {
         if (n > 125 || (h[0] & 0x40))
-            __builtin_trap();
+            BROKEN();
         if (op == PH_WS_CLOSE)
             f->close_written = 1;
     } else if (op == PH_WS_TEXT || op == PH_WS_BINARY) {
         if (op != f->echo_op || f->echo == NULL)
-            __builtin_trap();
+            BROKEN();
         if (h[0] & 0x40) {
             if (!f->cfg.deflate)
-                __builtin_trap();
+                BROKEN();
             check_inflates(f, h + hl, n);
         } else if (n != f->echo_len || memcmp(h + hl, f->echo, n) != 0) {
-            __builtin_trap();
+            BROKEN();
         }
     } else {
-        __builtin_trap();
+        BROKEN();
     }
     return 0;
 }
@@ -215,18 +188,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rv == PH_WS_FAILED) {
             int code = ph_ws_close_code(ws);
             if ((code != 1002 && code != 1007 && code != 1009) || !f.close_written)
-                __builtin_trap();
+                BROKEN();
         } else if (rv == PH_WS_DONE) {
             if (!ph_ws_close_received(ws) || f.closes != 1 || !f.close_written)
-                __builtin_trap();
+                BROKEN();
         } else if (rv != 0) {
-            __builtin_trap(); /* no write fails here, and nothing is big enough to run out */
+            BROKEN(); /* no write fails here, and nothing is big enough to run out */
         }
         if (rv != 0) {
             /* The end: what follows is ignored and nothing more is written. */
             int again = ph_ws_feed(ws, p, left);
             if (again != rv || ph_ws_send(ws, PH_WS_TEXT, "x", 1) != PH_ECLOSED)
-                __builtin_trap();
+                BROKEN();
             break;
         }
     }

@@ -139,6 +139,8 @@ def test_echo_text_and_bytes(wsrv):
         assert ws.recv() == "ünïcødé ✓ 🦌"
         ws.send("")
         assert ws.recv() == ""
+        ws.send("after an empty one")  # (compressed: the empty one must not upset the window)
+        assert ws.recv() == "after an empty one"
 
 
 @pytest.mark.parametrize("compression", ["deflate", None])

@@ -522,6 +522,17 @@ static int send_out(ph_ws_t *ws, int b0, size_t plen)
  * the compressed length in *n. */
 static int compress_message(ph_ws_t *ws, const char *data, size_t len, size_t *n)
 {
+    if (len == 0) {
+        /* zlib writes nothing for a flush with no input since the last one, and an empty
+         * payload would leave the peer's inflater reading our appended tail as a block
+         * header: the one byte of an empty stored block's header goes instead (with the tail
+         * the peer appends, a whole empty block; our window is unchanged, and so is its). */
+        if (out_reserve(ws, 1) != 0)
+            return PH_ENOMEM;
+        ws->out[HDR_ROOM] = 0;
+        *n = 1;
+        return 0;
+    }
     z_stream *z = ws->deflater;
     if (z == NULL) {
         z = calloc(1, sizeof(*z));

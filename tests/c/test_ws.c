@@ -7,6 +7,7 @@
 #include <zlib.h>
 
 #include "check.h"
+#include "utf8_ref.h"
 #include "ws.h"
 
 #define S(lit) lit, sizeof(lit) - 1
@@ -698,40 +699,6 @@ static void test_failures(void)
     rec_close(&r);
 }
 
-/* Reference UTF-8 check, written the slow obvious way, to compare the state machine against. */
-static int utf8_ref(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i], k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            k = 1, cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            k = 2, cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            k = 3, cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i < k + 1)
-            return 0;
-        for (unsigned j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return 0;
-            cp = cp << 6 | (s[i + j] & 0x3f);
-        }
-        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 static int text_accepted(const unsigned char *t, size_t n)
 {
     char s[32];
@@ -1160,6 +1127,22 @@ static void test_deflate_send(void)
           memcmp(got, text, sizeof(text)) == 0);
     zdone(z, 0);
     CHECK(ph_ws_buffered(r.ws) == 0);
+    rec_close(&r);
+
+    /* An empty message between two others, with context takeover: zlib writes nothing for
+     * it, so the session sends one byte (an empty stored block's header), which the peer's
+     * inflater must take without losing its place. */
+    rec_open(&r, &cfg);
+    CHECK(ph_ws_send(r.ws, PH_WS_TEXT, text, 45) == 0);
+    CHECK(ph_ws_send(r.ws, PH_WS_TEXT, "", 0) == 0);
+    CHECK(ph_ws_send(r.ws, PH_WS_BINARY, "x", 1) == 0);
+    CHECK(sframes(&r.out, f, 8) == 3);
+    CHECK(f[1].b0 == 0xc1 && f[1].n == 1);
+    z = zinflater(10);
+    CHECK(zunmsg(z, f[0].p, f[0].n, got, sizeof(got)) == 45 && memcmp(got, text, 45) == 0);
+    CHECK(zunmsg(z, f[1].p, f[1].n, got, sizeof(got)) == 0);
+    CHECK(zunmsg(z, f[2].p, f[2].n, got, sizeof(got)) == 1 && got[0] == 'x');
+    zdone(z, 0);
     rec_close(&r);
 
     /* server_no_context_takeover: each message inflates alone, one deflate cannot shrink
