@@ -734,6 +734,18 @@ def test_websocket_over_http2(wsrv):
         ws.sock.close()
 
 
+def test_websocket_over_http2_end_stream_is_a_disconnect(server):
+    srv = server("ws_app:app")
+    ws = H2WebSocket(srv.port, "/disconnect")
+    try:
+        ws.send(b"", end=True)  # END_STREAM without a close frame
+        ws.until(lambda e: isinstance(e, (ws.events_mod.StreamEnded, ws.events_mod.StreamReset)))
+        # (while the connection stays open: the stream's end alone tells the app)
+        assert wait_result(srv, "disconnect")["code"] == 1006
+    finally:
+        ws.sock.close()
+
+
 def test_websocket_over_http2_graceful_shutdown(server):
     srv = server("ws_app:app")
     ws = H2WebSocket(srv.port)

@@ -2007,6 +2007,14 @@ static void on_body_end(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
     r->body_end = 1;
+    if (r->is_ws && r->ws_accepted && !r->ws_over) {
+        /* An HTTP/2 WebSocket's peer ended its side of the stream: what a TCP FIN is to
+         * one over HTTP/1.1. Without a close frame first, the session was cut short. */
+        Py_INCREF(r);
+        ws_end(r, PH_WS_ABNORMAL);
+        Py_DECREF(r);
+        return;
+    }
     wake_receivers(r);
 }
 
