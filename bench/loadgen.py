@@ -1,4 +1,5 @@
-"""Load generators, each pinned to CLIENT_CPU: wrk, h2load, oha and the idle-connection holder.
+"""Load generators, each pinned to CLIENT_CPU: wrk, h2load, oha, wsload (WebSockets) and the
+idle-connection holder.
 
 Every runner returns a dict with at least "rps", "errors" (socket errors, timeouts, failed
 requests) and "non2xx" (answers that were not 2xx); a run with either above zero is flagged and
@@ -21,6 +22,7 @@ from servers import BENCH, CLIENT_CPU
 WRK_LUA = BENCH / "lua" / "wrk.lua"
 IDLE = BENCH / "idle.py"
 TOOLS_BIN = BENCH / ".tools" / "bin"
+WSLOAD_SRC = BENCH / "wsload"  # Go; its dependency pinned in go.mod / go.sum
 
 
 class ToolError(RuntimeError):
@@ -212,6 +214,78 @@ def oha(url, conns, rate, seconds):
             "statusCodeDistribution": raw.get("statusCodeDistribution", {}),
             "errorDistribution": raw.get("errorDistribution", {}),
         },
+    }
+
+
+def _go():
+    return shutil.which("go") or next(
+        (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
+    )
+
+
+def build_wsload():
+    """(path of the wsload binary, None) once `go build` made bench/.tools/bin/wsload from
+    bench/wsload, else (None, why). Quick when nothing changed (Go's build cache); the first
+    build fetches gorilla/websocket through the Go module proxy, at the version go.sum pins."""
+    go = _go()
+    if not go:
+        return None, "no Go toolchain (go) on PATH or in /usr/local/go/bin"
+    TOOLS_BIN.mkdir(parents=True, exist_ok=True)
+    exe = TOOLS_BIN / "wsload"
+    # -mod=readonly: go.mod and go.sum as committed, never rewritten; -buildvcs=false: no git
+    # stamp (a fresh clone in CI need not satisfy git's ownership checks); GOTOOLCHAIN=local: the
+    # Go that is installed, never one downloaded for the go.mod's directive
+    flags = (os.environ.get("GOFLAGS", "") + " -mod=readonly -buildvcs=false").strip()
+    env = dict(os.environ, GOFLAGS=flags, GOTOOLCHAIN="local")
+    try:
+        out = subprocess.run(
+            [go, "build", "-trimpath", "-o", str(exe), "."],
+            cwd=WSLOAD_SRC, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(e)
+    if out.returncode != 0:
+        return None, (out.stderr or out.stdout).strip()[-500:]
+    return str(exe), None
+
+
+def wsload_version():
+    """What bench/wsload is built from, e.g. "gorilla/websocket v1.5.3, go1.26.8"."""
+    m = re.search(r"github.com/gorilla/websocket (\S+)", (WSLOAD_SRC / "go.mod").read_text())
+    go = _go()
+    ver = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout
+    return f"gorilla/websocket {m.group(1) if m else '?'}, {ver.strip() or 'go ?'}"
+
+
+def wsload(exe, url, conns, size, warmup, seconds):
+    """WebSocket echo: conns connections, each sending one binary message of `size` bytes and
+    waiting for its echo (closed loop), over `warmup` + `seconds` on the same connections; the
+    measured window is the last `seconds`. "rps" is round trips completed per second (each one
+    message sent and its echo received, checked byte for byte); "bytes_per_s" the message bytes
+    echoed per second (one way); p50/p99 the round-trip latency. Errors: failed handshakes,
+    read and write errors, timeouts (10 s) and echoes that differ from what was sent. No
+    compression is offered."""
+    argv = [
+        exe, "-url", url, "-conns", str(conns), "-size", str(size),
+        "-warmup", str(warmup), "-seconds", str(seconds), "-timeout", "10s",
+    ]  # fmt: skip
+    out = _run(argv, timeout=warmup + seconds + 60)
+    try:
+        raw = json.loads(out.stdout)
+    except json.JSONDecodeError as e:
+        raise ToolError(f"wsload gave no result: {(out.stderr or out.stdout).strip()[:300]}") from e
+    lat = raw["latency_us"]
+    return {
+        "rps": raw["round_trips_per_s"],
+        "bytes_per_s": raw["bytes_per_s"],
+        "requests": raw["round_trips"],
+        "errors": raw["error_total"],
+        "non2xx": 0,  # a refused upgrade is a handshake error
+        "p50_ms": lat["50"] / 1000,
+        "p99_ms": lat["99"] / 1000,
+        "p999_ms": lat["99.9"] / 1000,
+        "client_cpu": out.client_cpu,
+        "raw": raw,
     }
 
 

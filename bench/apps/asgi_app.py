@@ -7,6 +7,9 @@ Routes (anything else is 404):
   GET  /sleep   "Hello, world!" after ``asyncio.sleep(0.01)``
   GET  /file1m  a 1 MiB file through Starlette's FileResponse (starlette_app.py, imported on
                 the first such request, so the scenarios that run before it never load it)
+  WS   /ws      WebSocket echo: accepts, then sends back every message as it came (text as
+                text, bytes as bytes) until the client disconnects; any other WebSocket path
+                is refused (closed before the accept: the server answers 403)
 
 Plain ASGI 3 with no framework, so the figures measure the server and not the app (except
 /file1m, whose point is Starlette's FileResponse).
@@ -38,6 +41,8 @@ NOT_FOUND_START = {
     "headers": [(b"content-length", b"0")],
 }
 EMPTY_BODY = {"type": "http.response.body", "body": b""}
+WS_ACCEPT = {"type": "websocket.accept"}
+WS_REFUSE = {"type": "websocket.close", "code": 1008}
 _starlette_app = None
 
 
@@ -76,6 +81,8 @@ async def app(scope, receive, send):
         else:
             await send(NOT_FOUND_START)
             await send(EMPTY_BODY)
+    elif scope["type"] == "websocket":
+        await _ws_echo(scope, receive, send)
     elif scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -84,3 +91,23 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _ws_echo(scope, receive, send):
+    message = await receive()  # websocket.connect
+    if message["type"] != "websocket.connect":
+        return
+    if scope["path"] != "/ws":
+        await send(WS_REFUSE)
+        return
+    await send(WS_ACCEPT)
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":  # websocket.disconnect
+            return
+        # a message is text or bytes: the other key is absent or None
+        text = message.get("text")
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
