@@ -508,6 +508,28 @@ def test_client_that_does_not_read_is_not_buffered_without_bound(server):
         assert "flood_done" not in results(srv)
 
 
+def test_pings_from_a_peer_that_does_not_read_are_not_buffered_without_bound(server):
+    srv = server("ws_app:app")
+    before = rss_kib(srv.pid)
+    c = RawConn(srv.port, rcvbuf=16384)
+    with c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + HANDSHAKE + b"\r\n")
+        c.sock.setblocking(False)
+        ping = frame(9, b"p" * 125)  # each answered with a 127-byte pong nobody reads
+        batch = ping * 512
+        sent, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                sent += c.sock.send(batch)
+            except BlockingIOError:
+                time.sleep(0.02)
+        grown = rss_kib(srv.pid) - before
+        # without the brake every ping read becomes a queued pong: 3 s of them is far more
+        assert sent < 64 * 1024 * 1024, f"the server read {sent} bytes of pings"
+        assert grown < 24 * 1024, f"server grew {grown} KiB queueing pongs"
+
+
 def test_slow_app_stops_the_server_reading(server):
     srv = server("ws_app:app", "--ws-max-queue", "4")
     c = open_raw(srv.port, "/slow")

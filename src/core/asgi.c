@@ -49,7 +49,7 @@ struct ph_req_s {
     struct ws_timer_s *ws_timer;
     uint64_t ws_ping_at; /* loop time (ms) of the ping not yet answered; 0: none */
     unsigned is_ws : 1, ws_connect_taken : 1, ws_accepted : 1, ws_close_sent : 1, ws_over : 1,
-        ws_ended : 1;
+        ws_ended : 1, ws_write_paused : 1;
 };
 
 typedef struct {
@@ -1578,6 +1578,19 @@ static const ph_ws_callbacks_t ws_callbacks = {
     .write = ws_write,
 };
 
+/* Pongs (and close replies) are written by the session as input arrives, without asking the
+ * app: a peer that pings and never reads would have them queue without bound. Above the
+ * high-water mark reading stops until the queue drains (on_drain). */
+static void ws_throttle(ph_req_t *r)
+{
+    ph_stream_t *s = r->stream;
+    if (s && !r->ws_write_paused && !r->ws_over &&
+        s->ops->queued(s) > r->srv->server.cfg.write_high_water) {
+        r->ws_write_paused = 1;
+        s->ops->pause_body(s);
+    }
+}
+
 /* Bytes from the tunnel. */
 static void ws_input(ph_req_t *r, const char *data, size_t len)
 {
@@ -1591,6 +1604,8 @@ static void ws_input(ph_req_t *r, const char *data, size_t len)
         ws_end(r, ph_ws_close_code(r->ws));
     else if (rv < 0)
         ws_end(r, PH_WS_ABNORMAL);
+    else
+        ws_throttle(r);
     ph_loop_touch(&r->srv->loop);
     Py_DECREF(r);
 }
@@ -1620,7 +1635,8 @@ static PyObject *ws_take_message(ph_req_t *r)
         if (r->paused && r->stream &&
             (size_t)PyList_GET_SIZE(r->ws_queue) < r->srv->server.cfg.ws_max_queue) {
             r->paused = 0;
-            r->stream->ops->want_body(r->stream);
+            if (!r->ws_write_paused)
+                r->stream->ops->want_body(r->stream);
             ph_loop_touch(&r->srv->loop);
         }
         return msg;
@@ -2021,6 +2037,11 @@ static void on_body_end(ph_stream_t *s)
 static void on_drain(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
+    if (r->ws_write_paused) {
+        r->ws_write_paused = 0; /* the peer reads again: so do we (unless the app is behind) */
+        if (!r->paused)
+            s->ops->want_body(s);
+    }
     wake(r, &r->send_fut);
 }
 
