@@ -565,6 +565,21 @@ def test_graceful_shutdown_closes_1001(server):
     assert srv.wait_exit(10) == 0
 
 
+def test_accepted_during_shutdown_is_told_at_once(server):
+    srv = server("ws_app:app")
+    c = RawConn(srv.port)
+    with c:
+        c.send(b"GET /late-accept HTTP/1.1\r\nHost: x\r\n" + HANDSHAKE + b"\r\n")
+        time.sleep(0.3)
+        srv.send_signal(signal.SIGINT)  # the app accepts 0.7 s after the drain began
+        assert c.read_head().status == 101
+        op, payload = read_frame(c, timeout=3)
+        assert op == 8 and close_code(payload) == 1001
+        c.send(frame(8, payload[:2]))
+        assert c.is_closed(timeout=5)
+    assert srv.wait_exit(10) == 0
+
+
 def test_access_log_has_101_and_the_session(server):
     srv = server("ws_app:app", "--access-log", "--log-level", "info")
     with connect(ws_url(srv)) as ws:

@@ -1769,6 +1769,13 @@ static PyObject *ws_accept(ph_req_t *r, PyObject *msg)
     } else {
         free(wt); /* the connection works without it, but waits on a silent peer's close */
     }
+    /* Accepted while the server shuts down (the handshake came before the drain did): it
+     * hears at once that it is going away, as the sockets open at the time did. */
+    if (r->srv->server.draining && ws_start_close(r, PH_WS_GOING_AWAY, "", 0) < 0) {
+        Py_INCREF(r);
+        ws_end(r, PH_WS_ABNORMAL);
+        Py_DECREF(r);
+    }
     ph_loop_touch(&r->srv->loop);
     ret = Py_NewRef(st->done);
     return ret;

@@ -14,6 +14,7 @@
 /send-after-close  accept, close, then send: reports the exception
 /disconnect     record the websocket.disconnect code and reason; /result returns them
 /scope          accept, send the scope (minus non-JSON parts) as JSON text
+/late-accept    wait 1 s before accepting (a handshake the shutdown overtakes)
 /http           a plain HTTP endpoint (200 "plain")
 """
 
@@ -76,6 +77,8 @@ async def app(scope, receive, send):
         await send({"type": "websocket.http.response.body", "body": b"websocket here"})
         return
 
+    if path == "/late-accept":
+        await asyncio.sleep(1)
     if path == "/subprotocol":
         offered = scope["subprotocols"]
         await send(
