@@ -32,7 +32,6 @@ typedef struct {
     int echo_op;
 } fz_t;
 
-
 static void check_buffer(const ph_ws_t *ws, const fz_t *f)
 {
     if (f->cfg.max_size) {

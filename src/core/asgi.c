@@ -1533,9 +1533,8 @@ static void ws_on_message(ph_ws_t *ws, int opcode, const char *data, size_t len)
     if (r->ws_close_sent)
         return; /* the app closed: what still comes is not for it */
     PyObject *msg = PyDict_New();
-    PyObject *payload = opcode == PH_WS_TEXT
-                            ? PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL)
-                            : PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    PyObject *payload = opcode == PH_WS_TEXT ? PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL)
+                                             : PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
     if (msg == NULL || payload == NULL || PyDict_SetItem(msg, st->k_type, st->v_ws_receive) < 0 ||
         PyDict_SetItem(msg, opcode == PH_WS_TEXT ? st->k_text : st->k_bytes, payload) < 0 ||
         (r->ws_queue == NULL && (r->ws_queue = PyList_New(0)) == NULL) ||
@@ -1720,7 +1719,8 @@ static PyObject *ws_accept(ph_req_t *r, PyObject *msg)
     }
     /* The app's headers, then the subprotocol and the extensions agreed on. */
     ph_header_t stackhs[MAX_STACK_HEADERS + 2], *all = stackhs;
-    if (ha.n > MAX_STACK_HEADERS && (all = PyMem_Malloc(sizeof(ph_header_t) * (ha.n + 2))) == NULL) {
+    if (ha.n > MAX_STACK_HEADERS &&
+        (all = PyMem_Malloc(sizeof(ph_header_t) * (ha.n + 2))) == NULL) {
         header_array_free(&ha);
         return PyErr_NoMemory();
     }
@@ -1924,8 +1924,7 @@ static PyObject *ws_send(ph_req_t *r, PyObject *msg, PyObject *type)
         }
         return send_body(r, msg);
     }
-    PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for a websocket scope",
-                 type);
+    PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for a websocket scope", type);
     return NULL;
 }
 
@@ -2277,12 +2276,14 @@ static int make_templates(ph_pyserver_t *srv)
  * subprotocols the client offers (Sec-WebSocket-Protocol, in order). */
 static int ws_scope(ph_state_t *st, PyObject *scope, const ph_request_t *rq, PyObject **scheme)
 {
-    PyObject *ws_scheme = *scheme == st->v_https || PyUnicode_CompareWithASCIIString(*scheme, "https") == 0
-                              ? st->v_wss
-                              : st->v_ws;
+    PyObject *ws_scheme =
+        *scheme == st->v_https || PyUnicode_CompareWithASCIIString(*scheme, "https") == 0
+            ? st->v_wss
+            : st->v_ws;
     Py_SETREF(*scheme, Py_NewRef(ws_scheme));
     if (PyDict_SetItem(scope, st->k_type, st->v_websocket) < 0 ||
-        PyDict_SetItem(scope, st->k_scheme, ws_scheme) < 0 || PyDict_DelItem(scope, st->k_method) < 0)
+        PyDict_SetItem(scope, st->k_scheme, ws_scheme) < 0 ||
+        PyDict_DelItem(scope, st->k_method) < 0)
         return -1;
     PyObject *subs = PyList_New(0);
     if (subs == NULL)

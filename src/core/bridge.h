@@ -46,9 +46,8 @@ typedef struct {
         *v_http_response_trailers;
     /* WebSockets */
     PyObject *k_subprotocols, *k_subprotocol, *k_text, *k_bytes, *k_code, *k_reason,
-        *k_ext_ws_response, *v_websocket, *v_ws, *v_wss, *v_ws_connect, *v_ws_accept,
-        *v_ws_receive, *v_ws_send, *v_ws_close, *v_ws_disconnect, *v_ws_response_start,
-        *v_ws_response_body;
+        *k_ext_ws_response, *v_websocket, *v_ws, *v_wss, *v_ws_connect, *v_ws_accept, *v_ws_receive,
+        *v_ws_send, *v_ws_close, *v_ws_disconnect, *v_ws_response_start, *v_ws_response_body;
     /* methods and attributes */
     PyObject *s_create_future, *s_set_result, *s_done, *s_cancel, *s_call_soon, *s_call_later,
         *s_add_reader, *s_remove_reader, *s_throw, *s_close, *s_loop, *s_eager_start, *s_await;

@@ -1118,7 +1118,8 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     /* 101 opens a WebSocket's tunnel, and only that: no other upgrade is the app's to make. */
     int tunnel = status == 101;
     char accept[29];
-    if (tunnel && (!s->req.websocket || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, accept) < 0))
+    if (tunnel &&
+        (!s->req.websocket || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, accept) < 0))
         return PH_EINVAL;
     int64_t cl = -1;
     int want_chunked = 0, conn_close = 0, has_server = 0, has_date = 0;

@@ -462,8 +462,9 @@ static void open_stream(h2_stream_t *st, int end_stream)
     ph_slice_t proto = pseudo(st, P_PROTOCOL);
     int websocket = st->pseudo[P_PROTOCOL][1] && h->server->cfg.ws &&
                     ph_eq_lower(proto.base, proto.len, "websocket", 9);
-    if (!websocket && (st->pseudo[P_PROTOCOL][1] ||
-                       ph_eq_lower(pseudo(st, P_METHOD).base, pseudo(st, P_METHOD).len, "connect", 7))) {
+    if (!websocket &&
+        (st->pseudo[P_PROTOCOL][1] ||
+         ph_eq_lower(pseudo(st, P_METHOD).base, pseudo(st, P_METHOD).len, "connect", 7))) {
         respond_simple(st, 501);
         return;
     }

@@ -44,9 +44,9 @@ typedef struct {
     uint32_t h2_max_frame_size;       /* the largest frame we accept (16384 .. 16777215) */
     /* WebSockets: ws 0 serves an upgrade request as plain HTTP; the rest is the bridge's. */
     int ws;
-    int ws_deflate;            /* offer to agree on permessage-deflate */
-    uint64_t ws_max_size;      /* biggest message taken, bytes (1009 beyond) */
-    size_t ws_max_queue;       /* messages held for the app before reading stops */
+    int ws_deflate;       /* offer to agree on permessage-deflate */
+    uint64_t ws_max_size; /* biggest message taken, bytes (1009 beyond) */
+    size_t ws_max_queue;  /* messages held for the app before reading stops */
     uint64_t ws_ping_interval_ms, ws_ping_timeout_ms; /* 0: no pings / no timeout */
 } ph_config_t;
 
