@@ -2293,18 +2293,9 @@ static int ws_scope(ph_state_t *st, PyObject *scope, const ph_request_t *rq, PyO
         if (!ph_eq_lower(h->name.base, h->name.len, "sec-websocket-protocol", 22))
             continue;
         const char *p = h->value.base, *end = p + h->value.len;
-        while (p < end) {
-            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *b = p;
-            while (p < end && *p != ',')
-                p++;
-            const char *e = p;
-            while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
-                e--;
-            if (e == b)
-                continue;
-            PyObject *one = PyUnicode_DecodeLatin1(b, e - b, NULL);
+        ph_slice_t item;
+        while (ph_list_next(&p, end, &item)) {
+            PyObject *one = PyUnicode_DecodeLatin1(item.base, (Py_ssize_t)item.len, NULL);
             if (one == NULL || PyList_Append(subs, one) < 0) {
                 Py_XDECREF(one);
                 Py_DECREF(subs);

@@ -283,19 +283,36 @@ void ph_pool_clear(ph_pool_t *pool)
     pool->count = 0;
 }
 
-int ph_has_token(const char *p, size_t n, const char *lower, size_t lower_len)
+int ph_list_next(const char **p, const char *end, ph_slice_t *item)
 {
-    const char *end = p + n;
-    while (p < end) {
-        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-            p++;
-        const char *s = p;
-        while (p < end && *p != ',')
-            p++;
-        const char *e = p;
+    const char *q = *p;
+    for (;;) {
+        while (q < end && (*q == ' ' || *q == '\t' || *q == ','))
+            q++;
+        if (q == end) {
+            *p = q;
+            return 0;
+        }
+        const char *s = q;
+        while (q < end && *q != ',')
+            q++;
+        const char *e = q;
         while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
             e--;
-        if (ph_eq_lower(s, (size_t)(e - s), lower, lower_len))
+        if (e > s) {
+            *p = q;
+            *item = (ph_slice_t){s, (size_t)(e - s)};
+            return 1;
+        }
+    }
+}
+
+int ph_has_token(const char *p, size_t n, const char *lower, size_t lower_len)
+{
+    ph_slice_t item;
+    const char *end = p + n;
+    while (ph_list_next(&p, end, &item)) {
+        if (ph_eq_lower(item.base, item.len, lower, lower_len))
             return 1;
     }
     return 0;

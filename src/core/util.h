@@ -36,6 +36,10 @@ int ph_is_field_value(const char *p, size_t n);
 /* ASCII case-insensitive equality of a slice with a lower-case literal. */
 int ph_eq_lower(const char *p, size_t n, const char *lower, size_t lower_len);
 
+/* The next item of a comma-separated field value (RFC 9110 §5.6.1) from *p (moved past it),
+ * without the spaces around it; empty items are skipped. 0 at the end of the list. */
+int ph_list_next(const char **p, const char *end, ph_slice_t *item);
+
 /* 1 if the comma-separated list [p, p+n) holds the token (ASCII case-insensitive, given in
  * lower case), as in `Connection: keep-alive, Close`. */
 int ph_has_token(const char *p, size_t n, const char *lower, size_t lower_len);

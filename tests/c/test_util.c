@@ -18,9 +18,28 @@ static void test_base64url(void)
     CHECK(ph_base64url_decode(S("a b="), out) == -1);
 }
 
+static void test_lists(void)
+{
+    static const char v[] = " chat ,,\tsuper chat\t, ,v2.json,";
+    const char *p = v, *end = v + sizeof(v) - 1;
+    ph_slice_t item;
+    CHECK(ph_list_next(&p, end, &item) && item.len == 4 && memcmp(item.base, "chat", 4) == 0);
+    CHECK(ph_list_next(&p, end, &item) && item.len == 10 &&
+          memcmp(item.base, "super chat", 10) == 0);
+    CHECK(ph_list_next(&p, end, &item) && item.len == 7 && memcmp(item.base, "v2.json", 7) == 0);
+    CHECK(!ph_list_next(&p, end, &item) && p == end);
+    p = ", \t,";
+    CHECK(!ph_list_next(&p, p + 4, &item));
+    CHECK(ph_has_token(S("keep-alive, Upgrade"), S("upgrade")));
+    CHECK(ph_has_token(S("Upgrade"), S("upgrade")));
+    CHECK(!ph_has_token(S("upgrade-ish, x"), S("upgrade")));
+    CHECK(!ph_has_token(S(""), S("upgrade")));
+}
+
 int main(void)
 {
     test_base64url();
+    test_lists();
     CHECK(ph_is_token(S("Content-Type")));
     CHECK(ph_is_token(S("x!#$%&'*+-.^_`|~09")));
     CHECK(!ph_is_token(S("")));
