@@ -330,6 +330,15 @@ def test_client_close_reaches_the_app(server):
     assert got == {"type": "websocket.disconnect", "code": 4000, "reason": "done here"}
 
 
+def test_half_close_without_a_close_frame_is_1006(server):
+    srv = server("ws_app:app")
+    c = open_raw(srv.port, "/disconnect")
+    with c:
+        c.sock.shutdown(socket.SHUT_WR)  # a FIN, no close frame: the session was cut short
+        assert wait_result(srv, "disconnect")["code"] == 1006
+        assert c.is_closed(timeout=5)
+
+
 def test_abrupt_close_is_1006(server):
     srv = server("ws_app:app")
     c = open_raw(srv.port, "/disconnect")
