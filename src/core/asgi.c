@@ -1480,17 +1480,20 @@ static void ws_end(ph_req_t *r, int code)
     }
 }
 
-/* Starts the closing handshake from our side (the app's close, its end, a shutdown). */
-static int ws_start_close(ph_req_t *r, int code, const char *reason, size_t len)
+/* Starts the closing handshake from our side (the app's close, its end, a shutdown, a ping
+ * unanswered); a close frame that cannot go out ends the tunnel at once. */
+static void ws_start_close(ph_req_t *r, int code, const char *reason, size_t len)
 {
     if (r->ws_close_sent || r->ws_over)
-        return PH_ECLOSED;
+        return;
     r->ws_close_sent = 1;
-    int rv = ph_ws_close(r->ws, code, reason, len);
-    if (rv == 0)
+    Py_INCREF(r); /* ending the tunnel releases the stream's reference */
+    if (ph_ws_close(r->ws, code, reason, len) == 0)
         ws_arm(r, WS_CLOSE_TIMEOUT_MS);
+    else
+        ws_end(r, PH_WS_ABNORMAL);
     ph_loop_touch(&r->srv->loop);
-    return rv;
+    Py_DECREF(r);
 }
 
 static void ws_timer_fire(uv_timer_t *t)
@@ -1643,16 +1646,13 @@ static PyObject *ws_take_message(ph_req_t *r)
     if (r->ws_over || r->disconnected || r->done || r->stream == NULL) {
         PyObject *msg = ws_message(st, st->v_ws_disconnect);
         PyObject *code = msg ? PyLong_FromLong(r->ws_code ? r->ws_code : PH_WS_ABNORMAL) : NULL;
-        if (code == NULL || PyDict_SetItem(msg, st->k_code, code) < 0 ||
-            PyDict_SetItem(msg, st->k_reason, r->ws_reason ? r->ws_reason : Py_None) < 0)
+        PyObject *reason =
+            code ? (r->ws_reason ? Py_NewRef(r->ws_reason) : PyUnicode_New(0, 0)) : NULL;
+        if (reason == NULL || PyDict_SetItem(msg, st->k_code, code) < 0 ||
+            PyDict_SetItem(msg, st->k_reason, reason) < 0)
             Py_CLEAR(msg);
         Py_XDECREF(code);
-        if (msg && r->ws_reason == NULL) {
-            PyObject *empty = PyUnicode_New(0, 0);
-            if (empty == NULL || PyDict_SetItem(msg, st->k_reason, empty) < 0)
-                Py_CLEAR(msg);
-            Py_XDECREF(empty);
-        }
+        Py_XDECREF(reason);
         return msg;
     }
     return NULL;
@@ -1734,7 +1734,6 @@ static PyObject *ws_accept(ph_req_t *r, PyObject *msg)
         all[n++] = (ph_header_t){{"sec-websocket-protocol", 22}, {subp, (size_t)sublen}};
     if (agreed_len)
         all[n++] = (ph_header_t){{"sec-websocket-extensions", 24}, {agreed, agreed_len}};
-    PyObject *ret = NULL;
     r->ws = ph_ws_new(&wcfg, &ws_callbacks, r);
     int rv = r->ws ? r->stream->ops->start(r->stream, 101, all, n) : PH_ENOMEM;
     if (rv == PH_EINVAL)
@@ -1771,14 +1770,10 @@ static PyObject *ws_accept(ph_req_t *r, PyObject *msg)
     }
     /* Accepted while the server shuts down (the handshake came before the drain did): it
      * hears at once that it is going away, as the sockets open at the time did. */
-    if (r->srv->server.draining && ws_start_close(r, PH_WS_GOING_AWAY, "", 0) < 0) {
-        Py_INCREF(r);
-        ws_end(r, PH_WS_ABNORMAL);
-        Py_DECREF(r);
-    }
+    if (r->srv->server.draining)
+        ws_start_close(r, PH_WS_GOING_AWAY, "", 0);
     ph_loop_touch(&r->srv->loop);
-    ret = Py_NewRef(st->done);
-    return ret;
+    return Py_NewRef(st->done);
 }
 
 static PyObject *ws_send_message(ph_req_t *r, PyObject *msg)
@@ -1836,6 +1831,22 @@ static int ws_code_sendable(long code)
            (code >= 3000 && code <= 4999);
 }
 
+/* The handshake refused with an empty 403 (a close before accept, or an app that returned
+ * without accepting). 0, or the stream op's error. */
+static int ws_refuse(ph_req_t *r)
+{
+    static const ph_header_t hs[] = {{{"content-length", 14}, {"0", 1}}};
+    int rv = r->stream->ops->start(r->stream, 403, hs, 1);
+    if (rv == 0)
+        rv = r->stream->ops->body(r->stream, "", 0, 0);
+    if (rv == 0) {
+        r->started = r->body_started = 1;
+        r->status = 403;
+        response_complete(r);
+    }
+    return rv;
+}
+
 static PyObject *ws_close_message(ph_req_t *r, PyObject *msg)
 {
     ph_state_t *st = r->srv->st;
@@ -1873,18 +1884,8 @@ static PyObject *ws_close_message(ph_req_t *r, PyObject *msg)
         /* Closed before it was accepted: the handshake is refused with 403 (ASGI spec). */
         if (r->stream == NULL || r->disconnected)
             return raise_disconnected(r);
-        static const ph_header_t hs[] = {{{"content-length", 14}, {"0", 1}}};
-        int rv = r->stream->ops->start(r->stream, 403, hs, 1);
-        if (rv == 0) {
-            r->started = 1;
-            r->status = 403;
-            rv = r->stream->ops->body(r->stream, "", 0, 0);
-        }
-        if (rv < 0)
-            return raise_for(r, rv, "websocket.close");
-        r->body_started = 1;
-        response_complete(r);
-        return Py_NewRef(st->done);
+        int rv = ws_refuse(r);
+        return rv < 0 ? raise_for(r, rv, "websocket.close") : Py_NewRef(st->done);
     }
     if (r->ws_close_sent) {
         PyErr_SetString(PyExc_RuntimeError, "websocket.close sent twice");
@@ -1892,11 +1893,7 @@ static PyObject *ws_close_message(ph_req_t *r, PyObject *msg)
     }
     if (r->ws_over || r->stream == NULL)
         return raise_disconnected(r);
-    Py_INCREF(r);
-    int rv = ws_start_close(r, (int)code, reason, (size_t)rlen);
-    if (rv < 0)
-        ws_end(r, PH_WS_ABNORMAL);
-    Py_DECREF(r);
+    ws_start_close(r, (int)code, reason, (size_t)rlen);
     return Py_NewRef(st->done);
 }
 
@@ -1934,11 +1931,8 @@ static PyObject *ws_send(ph_req_t *r, PyObject *msg, PyObject *type)
 static void ws_app_done(ph_req_t *r, PyObject *exc, int cancelled)
 {
     if (r->ws_accepted) {
-        if (!r->ws_close_sent && !r->ws_over && r->stream) {
-            int code = exc && !cancelled ? PH_WS_INTERNAL_ERROR : PH_WS_NORMAL;
-            if (ws_start_close(r, code, "", 0) < 0)
-                ws_end(r, PH_WS_ABNORMAL);
-        }
+        if (r->stream)
+            ws_start_close(r, exc && !cancelled ? PH_WS_INTERNAL_ERROR : PH_WS_NORMAL, "", 0);
         return;
     }
     if (r->stream == NULL || r->disconnected || r->done)
@@ -1951,27 +1945,16 @@ static void ws_app_done(ph_req_t *r, PyObject *exc, int cancelled)
         respond_500(r);
         return;
     }
-    static const ph_header_t hs[] = {{{"content-length", 14}, {"0", 1}}};
-    if (r->stream->ops->start(r->stream, 403, hs, 1) == 0 &&
-        r->stream->ops->body(r->stream, "", 0, 0) == 0) {
-        r->started = r->body_started = 1;
-        r->status = 403;
-        response_complete(r);
-    } else if (r->stream) {
+    if (ws_refuse(r) < 0 && r->stream)
         r->stream->ops->abort(r->stream);
-    }
 }
 
 /* The server is shutting down: an open WebSocket is closed with 1001 (going away). */
 static void on_goaway(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
-    if (!r->is_ws || !r->ws_accepted || r->ws_close_sent || r->ws_over)
-        return;
-    Py_INCREF(r);
-    if (ws_start_close(r, PH_WS_GOING_AWAY, "", 0) < 0)
-        ws_end(r, PH_WS_ABNORMAL);
-    Py_DECREF(r);
+    if (r->is_ws && r->ws_accepted)
+        ws_start_close(r, PH_WS_GOING_AWAY, "", 0);
 }
 
 /* ---- stream events ---- */

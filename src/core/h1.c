@@ -74,7 +74,8 @@ typedef struct {
     unsigned ws_version_ok : 1;
     int ws_keys;
     ph_slice_t ws_key;
-    int up_settings; /* HTTP2-Settings fields seen */
+    char ws_accept[29]; /* its Sec-WebSocket-Accept, made when the handshake is checked */
+    int up_settings;    /* HTTP2-Settings fields seen */
     ph_slice_t up_settings_value;
     uint8_t *h2_settings;
     size_t h2_settings_len;
@@ -732,8 +733,7 @@ static int websocket_handshake(h1_t *h)
         fail_with(h, 426, "Unsupported WebSocket version", "sec-websocket-version: 13\r\n");
         return -1;
     }
-    char accept[29];
-    if (h->ws_keys != 1 || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, accept) < 0) {
+    if (h->ws_keys != 1 || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, h->ws_accept) < 0) {
         fail(h, 400, "Invalid Sec-WebSocket-Key");
         return -1;
     }
@@ -1117,9 +1117,7 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
         return PH_EINVAL;
     /* 101 opens a WebSocket's tunnel, and only that: no other upgrade is the app's to make. */
     int tunnel = status == 101;
-    char accept[29];
-    if (tunnel &&
-        (!s->req.websocket || ph_ws_accept_key(h->ws_key.base, h->ws_key.len, accept) < 0))
+    if (tunnel && !s->req.websocket)
         return PH_EINVAL;
     int64_t cl = -1;
     int want_chunked = 0, conn_close = 0, has_server = 0, has_date = 0;
@@ -1184,7 +1182,7 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
         rv |= out_add(h, cfg->extra_headers.base, cfg->extra_headers.len);
     if (tunnel) {
         rv |= OUT_LIT(h, "upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
-        rv |= out_add(h, accept, 28);
+        rv |= out_add(h, h->ws_accept, 28);
         rv |= OUT_LIT(h, "\r\n\r\n");
     }
     if (rv) {

@@ -277,9 +277,9 @@ static int spend(h2_t *h)
  * again whenever the connection moves. */
 enum { WAIT_NONE, WAIT_WINDOW, WAIT_HEAD, WAIT_BODY, WAIT_IDLE };
 
-/* An app waits for this stream's body, which the client owes (no 100 it still waits for). */
-/* A stream whose body is awaited (its deadline applies). A WebSocket's stream never is: its
- * bytes come when its peer has something to say, and the bridge's pings watch it. */
+/* An app waits for this stream's body, which the client owes (no 100 it still waits for). A
+ * WebSocket's stream never does: its bytes come when its peer has something to say, and the
+ * bridge's pings watch it. */
 static int reading(const h2_stream_t *st)
 {
     return st->attached && !st->remote_done && !st->paused && !st->stream.req.websocket &&
@@ -1319,13 +1319,17 @@ static void drain(ph_conn_t *conn)
     h->draining = 1;
     nghttp2_submit_goaway(h->ss, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ss),
                           NGHTTP2_NO_ERROR, NULL, 0);
-    /* Open WebSockets hear it too: they close themselves (1001) before the deadline. */
-    for (h2_stream_t *st = h->streams, *next; st && !h->closed; st = next) {
-        next = st->next;
+    /* Open WebSockets hear it too: they close themselves (1001) before the deadline. What
+     * they write is flushed after the walk, as within nghttp2's callbacks: a flush inside it
+     * could end (and free) the next stream of the list. */
+    unsigned in_recv = h->in_recv;
+    h->in_recv = 1;
+    for (h2_stream_t *st = h->streams; st && !h->closed; st = st->next) {
         if (st->attached && st->stream.req.websocket && st->stream.handler &&
             st->stream.handler->on_goaway)
             st->stream.handler->on_goaway(&st->stream);
     }
+    h->in_recv = in_recv;
     flush(h);
 }
 
