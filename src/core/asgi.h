@@ -29,6 +29,7 @@ typedef struct {
     PyObject *timer_handle;
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
     PyObject *tls_held;      /* (TLSContext, debug callable) that server borrows */
+    PyObject *beat_held;     /* the heartbeat page's memoryview (server.beat) */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
     PyObject *scope_template, *asgi_template; /* what every scope starts as (asgi.c) */
     PyObject *ext_template;                   /* and its "extensions" */

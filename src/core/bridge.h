@@ -66,6 +66,14 @@ typedef struct {
 int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_headers,
                       PyObject **root_path);
 
+/* The "heartbeat" option (a writable, 8-byte aligned buffer shared with a supervisor:
+ * "heartbeat_slots" pages of "heartbeat_slot_size" bytes, one per worker), this worker's
+ * "heartbeat_slot" and "heartbeat_interval" (seconds) into server->beat, and with more than
+ * one slot server->peers (accept balancing); "max_requests" and "retire_fd" (--max-requests);
+ * *held gets the memoryview that keeps the buffer
+ * exported. 0, or -1 with an exception. */
+int ph_beat_options(ph_server_t *server, PyObject *opts, PyObject **held);
+
 /* TLS for the bridges (pytls.c): the TLSContext type; the "tls" and "log_debug" options
  * into server->tls / server->debug (*held gets a new reference to what they borrow); a
  * connection's TLS facts as the ASGI `tls` extension (a new dict); mod_ssl's variables

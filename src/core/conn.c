@@ -82,6 +82,7 @@ int ph_conn_start(ph_conn_t *conn)
         server->conns->prev = conn;
     server->conns = conn;
     server->nconns++;
+    ph_server_count_conns(server);
     if (!conn->is_unix)
         uv_tcp_nodelay(&conn->h.tcp, 1);
     conn->tls = NULL;
@@ -767,6 +768,7 @@ static void finish(ph_conn_t *conn)
     if (conn->next)
         conn->next->prev = conn->prev;
     server->nconns--;
+    ph_server_count_conns(server);
     segs_free(conn);
     if (conn->proto)
         conn->proto->on_close(conn);

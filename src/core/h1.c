@@ -30,6 +30,10 @@ typedef struct {
     size_t name_off, name_len, value_off, value_len;
 } hdr_pos_t;
 
+/* How long an idle connection may stay once the server drains (a request then gets an answer
+ * and a close). */
+#define DRAIN_IDLE_MS 1000
+
 typedef struct {
     ph_conn_t *conn;
     ph_server_t *server;
@@ -786,8 +790,7 @@ static void on_headers(h1_t *h)
     h->stream.scheme = h->conn->tls ? "https" : "http";
     h->stream.tls = h->conn->tls;
     h->stream_open = 1;
-    h->server->nstreams++;
-    h->server->on_stream(h->server, &h->stream);
+    ph_server_open_stream(h->server, &h->stream);
 }
 
 static void on_message(h1_t *h)
@@ -1623,6 +1626,17 @@ static void drain(ph_conn_t *conn)
 {
     h1_t *h = conn->proto_data;
     h->draining = 1;
+    if (!h->stream_open && !h->in_message) {
+        /* Idle: just accepted, or between requests. A client may be sending its request at
+         * this moment (one that just connected to a reloading worker, one that took this
+         * keep-alive connection from its pool); closing now would lose that request. It gets
+         * its answer, with a close, if it comes within DRAIN_IDLE_MS. */
+        uint64_t t = h->server->cfg.timeout_keep_alive_ms;
+        ph_conn_set_timeout(conn, t && t < DRAIN_IDLE_MS ? t : DRAIN_IDLE_MS);
+        return;
+    }
+    if (!h->stream_open && h->in_message && !h->headers_done)
+        return; /* a head on its way: it gets its answer (the header timeout bounds it) */
     if (!h->stream_open)
         close_conn(h, h->in_message); /* idle, or dropping an unread body: go now */
     else if (h->tunnel && h->stream.handler && h->stream.handler->on_goaway)

@@ -575,8 +575,7 @@ static void open_stream(h2_stream_t *st, int end_stream)
     st->stream.scheme = h->conn->tls ? "https" : "http";
     st->stream.tls = h->conn->tls;
     st->attached = 1;
-    h->server->nstreams++;
-    h->server->on_stream(h->server, &st->stream);
+    ph_server_open_stream(h->server, &st->stream);
 }
 
 static void request_done(h2_stream_t *st)

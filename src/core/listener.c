@@ -3,12 +3,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static void on_connection(uv_stream_t *s, int status)
+/* Takes the connection libuv accepted (uv_accept) and starts it. */
+static void take(ph_listener_t *l)
 {
-    ph_listener_t *l = s->data;
     ph_server_t *server = l->server;
-    if (status < 0 || server->draining)
-        return;
+    uv_stream_t *s = &l->h.stream;
     ph_conn_t *conn = calloc(1, sizeof(*conn));
     if (conn == NULL)
         return;
@@ -50,6 +49,33 @@ static void on_connection(uv_stream_t *s, int status)
         ph_conn_abort(conn);
 }
 
+static void on_pause_end(uv_timer_t *t)
+{
+    ph_listener_t *l = t->data;
+    l->paused = 0;
+    if (l->held) {
+        l->held = 0;
+        take(l); /* libuv polls the socket again from here */
+    }
+}
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    ph_listener_t *l = s->data;
+    ph_server_t *server = l->server;
+    if (status < 0 || server->draining)
+        return;
+    if (l->paused) {
+        l->held = 1; /* not taken: libuv keeps it and stops accepting until it is */
+        return;
+    }
+    take(l);
+    if (l->has_timer && ph_server_over_share(server)) {
+        l->paused = 1;
+        uv_timer_start(&l->pause, on_pause_end, PH_ACCEPT_PAUSE_MS, 0);
+    }
+}
+
 int ph_listener_start(ph_listener_t *l, ph_server_t *server)
 {
     l->server = server;
@@ -69,11 +95,25 @@ int ph_listener_start(ph_listener_t *l, ph_server_t *server)
         return rv;
     }
     l->fd = -1; /* the handle's now */
+    if (server->peers) {
+        if ((rv = uv_timer_init(&server->loop->uv, &l->pause)) < 0)
+            return rv;
+        l->pause.data = l;
+        l->has_timer = 1;
+    }
     return uv_listen(&l->h.stream, l->backlog, on_connection);
 }
 
 void ph_listener_close(ph_listener_t *l)
 {
+    if (l->held) {
+        l->held = 0;
+        take(l);
+    }
+    if (l->has_timer) {
+        l->has_timer = 0;
+        uv_close((uv_handle_t *)&l->pause, NULL);
+    }
     if (l->has_handle) {
         if (!uv_is_closing(&l->h.handle)) {
             uv_close(&l->h.handle, NULL);

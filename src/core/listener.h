@@ -16,14 +16,19 @@ struct ph_listener_s {
     int fd; /* ours until the handle takes it; -1 once it is the handle's or closed */
     int is_unix, backlog;
     int has_handle; /* h was initialised (it must be closed through libuv) */
+    /* Accept balancing (server.h): paused, libuv holds at most one accepted connection
+     * (held) and stops polling until it is taken; the timer ends the pause. */
+    int paused, held, has_timer;
+    uv_timer_t pause;
 };
 
 /* Starts listening on l->fd (a bound socket, TCP or Unix). 0 or a negative libuv error; on
  * error the fd is closed too (call ph_listener_close() for the handle). */
 int ph_listener_start(ph_listener_t *l, ph_server_t *server);
 
-/* Stops accepting and closes the socket (also one never started); idempotent. The struct must
- * live until libuv has closed the handle (ph_loop_close()). */
+/* Stops accepting and closes the socket (also one never started); idempotent. A connection
+ * held back by accept balancing is taken first, so that closing the socket does not reset it. The
+ * struct must live until libuv has closed the handle (ph_loop_close()). */
 void ph_listener_close(ph_listener_t *l);
 
 #endif

@@ -103,6 +103,47 @@ static PyObject *opt_obj(PyObject *opts, const char *key)
     return (v == NULL || v == Py_None) ? NULL : Py_NewRef(v);
 }
 
+int ph_beat_options(ph_server_t *server, PyObject *opts, PyObject **held)
+{
+    PyObject *page = PyDict_GetItemString(opts, "heartbeat");
+    if (page == NULL || page == Py_None)
+        return 0;
+    double every;
+    size_t slot, size, count, limit, retire_fd;
+    if (opt_double(opts, "heartbeat_interval", 0.2, &every) < 0 ||
+        opt_size(opts, "max_requests", 0, &limit) < 0 ||
+        opt_size(opts, "retire_fd", (size_t)-1, &retire_fd) < 0 ||
+        opt_size(opts, "heartbeat_slot", 0, &slot) < 0 ||
+        opt_size(opts, "heartbeat_slot_size", sizeof(ph_beat_t), &size) < 0 ||
+        opt_size(opts, "heartbeat_slots", 1, &count) < 0)
+        return -1;
+    /* a memoryview holds the buffer export: the page cannot be unmapped under the reactor */
+    PyObject *view = PyMemoryView_FromObject(page);
+    if (view == NULL)
+        return -1;
+    Py_buffer *b = PyMemoryView_GET_BUFFER(view);
+    if (b->readonly || !PyBuffer_IsContiguous(b, 'C') || size < sizeof(ph_beat_t) || size % 8 ||
+        slot >= count || count > (size_t)b->len / size || ((uintptr_t)b->buf % 8) != 0 ||
+        !(every > 0)) {
+        Py_DECREF(view);
+        PyErr_SetString(PyExc_ValueError,
+                        "heartbeat: a writable, aligned buffer of heartbeat_slots slots of "
+                        "heartbeat_slot_size >= sizeof(ph_beat_t) bytes, and an interval > 0");
+        return -1;
+    }
+    Py_XSETREF(*held, view);
+    server->beat = (ph_beat_t *)((char *)b->buf + slot * size);
+    server->beat_ms = every * 1000 < 1 ? 1 : (uint64_t)(every * 1000);
+    server->max_requests = limit;
+    server->retire_fd = retire_fd > INT_MAX ? -1 : (int)retire_fd;
+    if (count > 1) {
+        server->peers = b->buf;
+        server->npeers = count;
+        server->peer_size = size;
+    }
+    return 0;
+}
+
 int ph_attach_protocol(ph_server_t *server, ph_conn_t *conn)
 {
     /* Over TLS, ALPN chose (with --http 2 only h2 is offered, and a client that names nothing
@@ -230,7 +271,8 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->server.on_stream = ph_asgi_on_stream;
 
     if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0 ||
-        ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0)
+        ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0 ||
+        ph_beat_options(&srv->server, opts, &srv->beat_held) < 0)
         goto fail;
     srv->root_path_bytes = PyUnicode_AsUTF8String(srv->root_path);
     if (srv->root_path_bytes == NULL)
@@ -253,6 +295,7 @@ static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
 {
     Py_VISIT(srv->app);
     Py_VISIT(srv->tls_held);
+    Py_VISIT(srv->beat_held);
     Py_VISIT(srv->aloop);
     Py_VISIT(srv->state);
     Py_VISIT(srv->access_log);
@@ -317,6 +360,7 @@ static void server_dealloc(ph_pyserver_t *srv)
     server_clear(srv);
     Py_CLEAR(srv->root_path);
     Py_CLEAR(srv->tls_held);
+    Py_CLEAR(srv->beat_held);
     Py_CLEAR(srv->root_path_bytes);
     Py_CLEAR(srv->extra_headers);
     tp->tp_free(srv);

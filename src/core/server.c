@@ -2,10 +2,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conn.h"
 #include "listener.h"
+#include "stream.h"
 
 void ph_server_init(ph_server_t *server, ph_loop_t *loop)
 {
@@ -51,6 +53,79 @@ int ph_server_add_listener(ph_server_t *server, int fd, int is_unix, int backlog
     return 0;
 }
 
+static void beat(ph_server_t *server)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ph_beat_t *b = server->beat;
+    b->requests = server->nrequests;
+    b->streams = server->nstreams;
+    b->conns = server->nconns;
+    b->accepting = !server->draining;
+    b->beat_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void on_beat(uv_timer_t *t)
+{
+    beat(t->data);
+}
+
+/* The heartbeat runs on the reactor's own loop, so it stops exactly when that loop does. It
+ * does not keep the loop alive by itself. */
+static int start_beat(ph_server_t *server)
+{
+    int rv = uv_timer_init(&server->loop->uv, &server->beat_timer);
+    if (rv < 0)
+        return rv;
+    server->beat_open = 1;
+    server->beat_timer.data = server;
+    uv_unref((uv_handle_t *)&server->beat_timer);
+    beat(server);
+    return uv_timer_start(&server->beat_timer, on_beat, server->beat_ms, server->beat_ms);
+}
+
+int ph_server_over_share(const ph_server_t *server)
+{
+    if (server->peers == NULL)
+        return 0;
+    uint64_t least = UINT64_MAX;
+    for (size_t i = 0; i < server->npeers; i++) {
+        const ph_beat_t *b = (const ph_beat_t *)(server->peers + i * server->peer_size);
+        if (b == server->beat || !__atomic_load_n(&b->accepting, __ATOMIC_RELAXED))
+            continue;
+        uint64_t n = __atomic_load_n(&b->conns, __ATOMIC_RELAXED);
+        if (n < least)
+            least = n;
+    }
+    return least != UINT64_MAX && server->nconns > least + PH_ACCEPT_SLACK;
+}
+
+void ph_server_open_stream(ph_server_t *server, ph_stream_t *s)
+{
+    server->nstreams++;
+    server->nrequests++;
+    if (server->beat) {
+        /* what a stuck worker was last asked for, for its supervisor's log line */
+        char *out = server->beat->last;
+        size_t cap = sizeof(server->beat->last) - 1;
+        ph_slice_t m = s->req.method, t = s->req.target;
+        size_t n = m.len < cap ? m.len : cap;
+        memcpy(out, m.base, n);
+        if (n < cap)
+            out[n++] = ' ';
+        size_t k = t.len < cap - n ? t.len : cap - n;
+        memcpy(out + n, t.base, k);
+        out[n + k] = '\0';
+        server->beat->requests = server->nrequests;
+        server->beat->streams = server->nstreams;
+        if (server->nrequests == server->max_requests && server->retire_fd >= 0) {
+            ssize_t rv = write(server->retire_fd, "M", 1); /* 1 byte, a pipe with room */
+            (void)rv;
+        }
+    }
+    server->on_stream(server, s);
+}
+
 int ph_server_start(ph_server_t *server)
 {
     if (server->started)
@@ -65,13 +140,25 @@ int ph_server_start(ph_server_t *server)
             return rv;
         }
     }
+    if (server->beat && server->beat_ms) {
+        int rv = start_beat(server);
+        if (rv < 0) {
+            for (size_t j = 0; j < server->nlisteners; j++)
+                ph_listener_close(&server->listeners[j]);
+            return rv;
+        }
+    }
     ph_loop_touch(server->loop);
     return 0;
 }
 
-void ph_server_drain(ph_server_t *server)
+static void do_drain(ph_server_t *server)
 {
+    server->drain_queued = 0;
+    ph_loop_cancel(server->loop, &server->drain_work);
     server->draining = 1;
+    if (server->beat)
+        __atomic_store_n(&server->beat->accepting, 0, __ATOMIC_RELAXED);
     for (size_t i = 0; i < server->nlisteners; i++)
         ph_listener_close(&server->listeners[i]);
     for (ph_conn_t *c = server->conns; c;) {
@@ -83,8 +170,25 @@ void ph_server_drain(ph_server_t *server)
     ph_loop_touch(server->loop);
 }
 
+static void on_drain_due(ph_defer_t *d)
+{
+    do_drain((ph_server_t *)((char *)d - offsetof(ph_server_t, drain_work)));
+}
+
+void ph_server_drain(ph_server_t *server)
+{
+    if (server->draining || server->drain_queued)
+        return;
+    server->drain_queued = 1;
+    server->drain_work.cb = on_drain_due;
+    ph_loop_defer(server->loop, &server->drain_work);
+    ph_loop_touch(server->loop);
+}
+
 void ph_server_expire(ph_server_t *server)
 {
+    if (server->drain_queued)
+        do_drain(server);
     server->draining = 1;
     for (ph_conn_t *c = server->conns; c;) {
         ph_conn_t *next = c->next;
@@ -101,7 +205,13 @@ void ph_server_expire(ph_server_t *server)
 
 void ph_server_close(ph_server_t *server)
 {
+    if (server->drain_queued) {
+        server->drain_queued = 0;
+        ph_loop_cancel(server->loop, &server->drain_work);
+    }
     server->draining = 1;
+    if (server->beat_open && !uv_is_closing((uv_handle_t *)&server->beat_timer))
+        uv_close((uv_handle_t *)&server->beat_timer, NULL);
     for (size_t i = 0; i < server->nlisteners; i++)
         ph_listener_close(&server->listeners[i]);
     while (server->conns)

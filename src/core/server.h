@@ -52,6 +52,26 @@ typedef struct {
 
 enum { PH_HTTP_AUTO, PH_HTTP_1, PH_HTTP_2 };
 
+/* What a supervised worker's reactor publishes to its supervisor, in memory both share: a
+ * heartbeat (it stops when the event loop is stuck) and what the worker serves. Word-sized
+ * fields, each written whole; the supervisor reads them without a lock. */
+typedef struct {
+    uint64_t beat_ns;   /* CLOCK_MONOTONIC at the reactor's last beat; 0 before the first */
+    uint64_t requests;  /* requests opened since the start */
+    uint64_t streams;   /* requests in flight */
+    uint64_t conns;     /* open connections, kept current (accept balancing reads it) */
+    uint64_t accepting; /* 1 while the worker accepts from the shared sockets */
+    char last[88];      /* "METHOD target" of the last request opened, cut short, NUL-ended */
+} ph_beat_t;
+
+/* Workers on one shared listening socket would otherwise take connections as the kernel wakes
+ * them, which is by chance: one worker took all 64 of wrk's connections in one measured start
+ * (README, Workers). With peers set, a worker with more than PH_ACCEPT_SLACK connections above
+ * the least-loaded accepting peer stops accepting for PH_ACCEPT_PAUSE_MS, holding at most one
+ * accepted connection meanwhile. */
+#define PH_ACCEPT_SLACK 1
+#define PH_ACCEPT_PAUSE_MS 2
+
 struct ph_server_s {
     ph_loop_t *loop;
     ph_config_t cfg;
@@ -63,8 +83,10 @@ struct ph_server_s {
     void *host;       /* the bridge's server object */
     ph_conn_t *conns; /* every open connection (intrusive list) */
     size_t nconns;
-    size_t nstreams;          /* streams handed to the bridge and not yet released */
-    int draining;             /* shutting down: finish what is in flight, take nothing new */
+    size_t nstreams;  /* streams handed to the bridge and not yet released */
+    int draining;     /* shutting down: finish what is in flight, take nothing new */
+    int drain_queued; /* ph_server_drain() was called; the drain runs after a poll */
+    ph_defer_t drain_work;
     ph_listener_t *listeners; /* fixed once started: libuv holds the handles by address */
     size_t nlisteners;
     int started;
@@ -84,6 +106,21 @@ struct ph_server_s {
      * not wanted. */
     void (*debug)(ph_server_t *server, ph_conn_t *conn, const char *what);
     void *debug_data;
+    uint64_t nrequests; /* streams opened since the start */
+    /* Set (before ph_server_start): the reactor beats into it every beat_ms; the server does
+     * not own it. */
+    ph_beat_t *beat;
+    uint64_t beat_ms;
+    /* Set with beat: every worker's page (npeers of them, peer_size bytes apart, beat among
+     * them), for accept balancing. */
+    const char *peers;
+    size_t npeers, peer_size;
+    /* --max-requests: when the max_requests-th request opens, one byte ('M') goes to retire_fd
+     * (the supervisor's pipe), which replaces the worker. 0: no limit. */
+    uint64_t max_requests;
+    int retire_fd;
+    uv_timer_t beat_timer;
+    int beat_open;
 };
 
 /* Prepares a server on loop with safe defaults in cfg; the caller sets the hooks and config. */
@@ -98,8 +135,24 @@ int ph_server_add_listener(ph_server_t *server, int fd, int is_unix, int backlog
  * the server cannot be started again. */
 int ph_server_start(ph_server_t *server);
 
+/* Publishes server->nconns to the supervisor's page, if there is one. */
+static inline void ph_server_count_conns(ph_server_t *server)
+{
+    if (server->beat)
+        __atomic_store_n(&server->beat->conns, (uint64_t)server->nconns, __ATOMIC_RELAXED);
+}
+
+/* Whether this worker holds more connections than its fair share (see PH_ACCEPT_SLACK). */
+int ph_server_over_share(const ph_server_t *server);
+
+/* A protocol has a complete request head on s: counts it and hands it to the bridge
+ * (on_stream). */
+void ph_server_open_stream(ph_server_t *server, ph_stream_t *s);
+
 /* Graceful shutdown: stop accepting; idle connections close now, busy ones after their
- * exchange. */
+ * exchange. It happens in the next tick, after libuv polled once more: connections already
+ * waiting in the backlog are taken and input already waiting is read first, so what a client
+ * sent before the drain was asked for is answered. */
 void ph_server_drain(ph_server_t *server);
 
 /* The graceful time is up: every connection ends what it has in flight (a request not yet

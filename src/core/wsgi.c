@@ -138,6 +138,7 @@ struct wsgi_server_s {
     PyObject *app, *access_log, *log_exception, *proxy, *root_path, *errors;
     PyObject *environ_template, *extra_headers;
     PyObject *tls_held;              /* (TLSContext, debug callable) that server borrows */
+    PyObject *beat_held;             /* the heartbeat page's memoryview (server.beat) */
     PyObject *hkeys[PH_HNAME_SLOTS]; /* "HTTP_..." environ keys by header name */
     PyObject *keys[NKEYS];
     PyObject *protos[3]; /* "HTTP/1.0" "HTTP/1.1" "HTTP/2" */
@@ -1845,6 +1846,7 @@ static int wsrv_traverse(wsgi_server_t *srv, visitproc visit, void *arg)
 {
     Py_VISIT(srv->app);
     Py_VISIT(srv->tls_held);
+    Py_VISIT(srv->beat_held);
     Py_VISIT(srv->access_log);
     Py_VISIT(srv->log_exception);
     Py_VISIT(srv->proxy);
@@ -1875,6 +1877,7 @@ static void wsrv_dealloc(wsgi_server_t *srv)
     wsrv_clear(srv);
     Py_CLEAR(srv->root_path);
     Py_CLEAR(srv->tls_held);
+    Py_CLEAR(srv->beat_held);
     Py_CLEAR(srv->errors);
     Py_CLEAR(srv->extra_headers);
     for (int i = 0; i < PH_HNAME_SLOTS; i++)
@@ -1971,7 +1974,8 @@ static PyObject *wsrv_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->server.on_conn = ph_attach_protocol;
     srv->server.on_stream = on_stream;
     if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0 ||
-        ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0)
+        ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0 ||
+        ph_beat_options(&srv->server, opts, &srv->beat_held) < 0)
         goto fail;
     PyObject *v = PyDict_GetItemString(opts, "access_log");
     srv->access_log = v && v != Py_None ? Py_NewRef(v) : NULL;

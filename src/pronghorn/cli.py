@@ -55,6 +55,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--uds", "uds", "value", "binding", "bind a unix domain socket at PATH instead", "PATH"),
     Option("--fd", "fd", "value", "binding", "serve an already-listening socket fd instead", "FD"),
     Option("--backlog", "backlog", "value", "binding", "listen() backlog", "N"),
+    Option(
+        "--uds-perms",
+        "uds_perms",
+        "value",
+        "binding",
+        "file mode of the --uds socket, octal",
+        "MODE",
+    ),
     Option("--app-dir", "app_dir", "value", "app", "directory put first on sys.path", "DIR"),
     Option("--factory", "factory", "flag", "app", "APP is a factory: call it with no arguments"),
     Option("--root-path", "root_path", "value", "app", "ASGI root_path (mount prefix)", "PATH"),
@@ -343,6 +351,86 @@ OPTIONS: tuple[Option, ...] = (
         "comma-separated proxy IPs or CIDR networks to trust ('*' = all)",
         "IPS",
     ),
+    Option(
+        "--workers",
+        "workers",
+        "value",
+        "process",
+        "worker processes, each a whole server on the shared sockets (0 or auto: one per "
+        "core; more than 1 adds a supervisor process)",
+        "N",
+    ),
+    Option(
+        "--reload",
+        "reload",
+        "flag",
+        "process",
+        "development: restart the worker when a watched file changes",
+    ),
+    Option(
+        "--reload-dir",
+        "reload_dirs",
+        "append",
+        "process",
+        "directory to watch for --reload; repeatable (default: the current directory)",
+        "DIR",
+    ),
+    Option(
+        "--reload-include",
+        "reload_includes",
+        "append",
+        "process",
+        "glob of file names that trigger a reload; repeatable (default: *.py)",
+        "GLOB",
+    ),
+    Option(
+        "--reload-exclude",
+        "reload_excludes",
+        "append",
+        "process",
+        "glob of paths that never trigger a reload; repeatable (default: .*, .py[cod], .sw.*, ~*)",
+        "GLOB",
+    ),
+    Option(
+        "--max-requests",
+        "max_requests",
+        "value",
+        "process",
+        "replace a worker gracefully after about N requests (0 = never)",
+        "N",
+    ),
+    Option(
+        "--max-requests-jitter",
+        "max_requests_jitter",
+        "value",
+        "process",
+        "add a random 0..J to each worker's --max-requests, so workers do not restart together",
+        "J",
+    ),
+    Option(
+        "--max-rss",
+        "max_rss",
+        "value",
+        "process",
+        "replace a worker gracefully once its resident memory passes MIB (0 = never)",
+        "MIB",
+    ),
+    Option(
+        "--worker-timeout",
+        "worker_timeout",
+        "value",
+        "process",
+        "kill and replace a worker whose event loop has been stuck for SECONDS (0 or none = never)",
+        "SECONDS",
+    ),
+    Option(
+        "--pid-file",
+        "pid_file",
+        "value",
+        "process",
+        "write the PID of the process to signal here (removed at exit)",
+        "PATH",
+    ),
     Option("--log-level", "log_level", "choice", "logging", "log level", None, LOG_LEVELS),
     Option("--access-log", "access_log", "bool", "logging", "log one line per response"),
 )
@@ -357,6 +445,7 @@ _GROUPS = {
     "limits": "limits",
     "headers": "response headers",
     "proxy": "proxies",
+    "process": "processes (workers, signals, recycling, reload)",
     "logging": "logging",
 }
 
@@ -516,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             _error(str(exc))
             return 2
+        if config.supervised:
+            from pronghorn.supervisor import Supervisor
+
+            return Supervisor(config, tls).run()
         return int(serve(config, tls) or 0)
     except ConfigError as exc:  # the app could not be loaded
         if _debugging(options) and exc.__cause__ is not None:

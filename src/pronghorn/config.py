@@ -43,6 +43,9 @@ SSL_MIN_VERSIONS = ("1.2", "1.3")
 WS_CHOICES = ("auto", "none", "websockets", "wsproto", "websockets-sansio")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
+#: --workers above this is a typo, not a machine (each worker is a whole server process)
+MAX_WORKERS = 128
+
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
 
@@ -71,7 +74,21 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _UDS_PATH_MAX = 107
 
 
-_FLAG_NAMES = {"app": "APP", "headers": "--header"}
+_FLAG_NAMES = {
+    "app": "APP",
+    "headers": "--header",
+    "reload_dirs": "--reload-dir",
+    "reload_includes": "--reload-include",
+    "reload_excludes": "--reload-exclude",
+}
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (what --workers 0/auto starts one worker per)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def flag_name(name: str) -> str:
@@ -297,6 +314,17 @@ class Config:
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     log_level: str = "info"
     access_log: bool = True
+    workers: int = 1
+    reload: bool = False
+    reload_dirs: list[str] = field(default_factory=list)
+    reload_includes: list[str] = field(default_factory=list)
+    reload_excludes: list[str] = field(default_factory=list)
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_rss: int = 0
+    worker_timeout: float | None = None
+    uds_perms: int = 0o666
+    pid_file: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -372,6 +400,81 @@ class Config:
         self._validate_forwarded_allow_ips()
         self.log_level = _as_choice("log_level", self.log_level, LOG_LEVELS)
         self.access_log = _as_bool("access_log", self.access_log)
+        self._validate_processes()
+
+    def _validate_processes(self) -> None:
+        w = self.workers
+        if isinstance(w, str) and w.strip().lower() == "auto":
+            w = 0
+        self.workers = _as_int("workers", w, 0, MAX_WORKERS) or cpu_count()
+        self.reload = _as_bool("reload", self.reload)
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            value = getattr(self, name)
+            if value is None:
+                value = []
+            elif isinstance(value, (str, os.PathLike)):
+                value = [value]
+            if not isinstance(value, (list, tuple)):
+                raise _fail(name, "must be a list", value)
+            items = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+            if not all(isinstance(v, str) and v.strip() and "\0" not in v for v in items):
+                raise _fail(name, "entries must be non-empty strings", value)
+            setattr(self, name, [v.strip() for v in items])
+        for d in self.reload_dirs:
+            if not os.path.isdir(d):
+                raise _fail("reload_dirs", "no such directory", d)
+        if not self.reload:
+            given = [
+                n for n in ("reload_dirs", "reload_includes", "reload_excludes") if getattr(self, n)
+            ]
+            if given:
+                raise ConfigError(f"{flag_name(given[0])} needs --reload")
+        self.max_requests = _as_int("max_requests", self.max_requests, 0, _INT64_MAX)
+        self.max_requests_jitter = _as_int(
+            "max_requests_jitter", self.max_requests_jitter, 0, _INT64_MAX
+        )
+        if self.max_requests_jitter and not self.max_requests:
+            raise ConfigError("--max-requests-jitter needs --max-requests")
+        self.max_rss = _as_int("max_rss", self.max_rss, 0, _INT32_MAX)
+        t = self.worker_timeout
+        if t is None or (isinstance(t, str) and t.strip().lower() == "none"):
+            self.worker_timeout = None
+        else:
+            self.worker_timeout = _as_seconds("worker_timeout", t, allow_zero=True) or None
+        perms = self.uds_perms
+        if isinstance(perms, str):
+            try:
+                perms = int(perms.strip().lower().removeprefix("0o"), 8)
+            except ValueError:
+                raise _fail("uds_perms", "must be an octal mode like 660", self.uds_perms) from None
+        if isinstance(perms, bool) or not isinstance(perms, int) or not 0 <= perms <= 0o777:
+            raise _fail("uds_perms", "must be an octal mode like 660", self.uds_perms)
+        self.uds_perms = perms
+        if isinstance(self.pid_file, os.PathLike):
+            self.pid_file = os.fspath(self.pid_file)
+        if self.pid_file is not None and (
+            not isinstance(self.pid_file, str) or not self.pid_file.strip() or "\0" in self.pid_file
+        ):
+            raise _fail("pid_file", "must be a file path", self.pid_file)
+        if self.supervised and not isinstance(self.app, str):
+            what = "--reload" if self.reload else "--workers and the recycling options"
+            raise ConfigError(
+                f'{what} need the app as an import string ("module:attr"): each worker '
+                "imports it anew"
+            )
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervisor process runs the server in worker processes: more than one
+        worker, --reload, or a limit that replaces a worker (never otherwise: one worker and
+        no such flag is one process)."""
+        return bool(
+            self.workers > 1
+            or self.reload
+            or self.max_requests
+            or self.max_rss
+            or self.worker_timeout
+        )
 
     def _validate_ws(self) -> None:
         ws = _as_choice("ws", self.ws, WS_CHOICES)

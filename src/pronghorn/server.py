@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -26,13 +27,48 @@ logger = logging.getLogger("pronghorn.error")
 WRITE_HIGH_WATER = 65536
 
 
+def _inherited(fd: int, what: str) -> tuple[socket.socket, bool]:
+    """An inherited listening socket (--fd, socket activation), with whether it is Unix."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigError(f"{what}: fd {fd} is not a socket ({exc.strerror or exc})") from None
+    if sock.type != socket.SOCK_STREAM or sock.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+        socket.AF_UNIX,
+    ):
+        sock.detach()
+        raise ConfigError(f"{what}: fd {fd} is not a TCP or Unix stream socket")
+    return sock, sock.family == socket.AF_UNIX
+
+
+def activated_fds(environ=os.environ) -> list[int]:
+    """The sockets systemd passed (socket activation: LISTEN_FDS sockets from fd 3 on, meant
+    for the process LISTEN_PID names). The variables are removed, so that processes started
+    later do not take them for their own."""
+    try:
+        pid = int(environ.get("LISTEN_PID", ""))
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    if pid != os.getpid() or count <= 0:
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    return list(range(3, 3 + count))
+
+
 def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
-    """The sockets for --fd, --uds or --host/--port, with whether each is Unix. They are bound
-    (so a taken port fails before the app starts) but listen only once lifespan startup is
-    done: no client waits in the backlog of a server that is not ready."""
+    """The sockets: systemd's (socket activation), --fd, --uds or --host/--port, with whether
+    each is Unix. They are bound (so a taken port fails before the app starts) but listen only
+    once lifespan startup is done: no client waits in the backlog of a server that is not
+    ready."""
+    activated = activated_fds()
+    if activated:
+        return [_inherited(fd, "LISTEN_FDS") for fd in activated]
     if config.fd is not None:
-        sock = socket.socket(fileno=config.fd)
-        return [(sock, sock.family == socket.AF_UNIX)]
+        return [_inherited(config.fd, "--fd")]
     if config.uds:
         path = config.uds
         try:
@@ -43,7 +79,7 @@ def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
-            os.chmod(path, 0o666)
+            os.chmod(path, config.uds_perms)
         except OSError as exc:
             sock.close()
             raise ConfigError(f"--uds: cannot bind {path}: {exc.strerror or exc}") from exc
@@ -67,6 +103,25 @@ def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
             f"cannot bind {config.host}:{config.port}: {exc.strerror or exc}"
         ) from exc
     return [(sock, False)]
+
+
+def write_pid_file(config: Config) -> None:
+    """--pid-file: this process's PID, for whoever signals the server."""
+    if config.pid_file:
+        try:
+            with open(config.pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"--pid-file: cannot write {config.pid_file}: {exc.strerror}"
+            ) from None
+
+
+def remove_pid_file(config: Config) -> None:
+    if config.pid_file:
+        with contextlib.suppress(OSError):
+            if open(config.pid_file).read().strip() == str(os.getpid()):
+                os.unlink(config.pid_file)
 
 
 def _proxy_resolver(config: Config):
@@ -153,9 +208,11 @@ class _Shutdown:
         self.event = asyncio.Event()
         self.forced = False
 
-    def request(self) -> None:
-        if self.event.is_set():
-            self.forced = True  # a second signal: stop waiting for in-flight requests
+    def request(self, sig: int) -> None:
+        # SIGINT once draining (a second Ctrl+C) stops waiting for in-flight requests; SIGTERM
+        # again does not (a supervisor or systemd repeating the first request), as in uvicorn.
+        if self.event.is_set() and sig == signal.SIGINT:
+            self.forced = True
         self.event.set()
 
 
@@ -168,10 +225,22 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def _core_options(config: Config, tls=None) -> dict:
-    """What the C core's servers take (limits, timeouts, HTTP/2 settings, TLS, logging hooks)."""
+def _announce(names: list[str], worker) -> None:
+    """The server is serving: say where (a worker's supervisor said so already) and tell the
+    supervisor."""
+    if worker is None:
+        for name in names:
+            logger.info("pronghorn running on %s (Press CTRL+C to quit)", name)
+    else:
+        worker.ready()
+
+
+def _core_options(config: Config, tls=None, worker=None) -> dict:
+    """What the C core's servers take (limits, timeouts, HTTP/2 settings, TLS, logging hooks,
+    a worker's heartbeat page)."""
     access = logs.access_log_line if config.access_log and logs.access_log_enabled() else None
-    return {
+    extra = worker.core_options if worker is not None else {}
+    return extra | {
         "tls": tls,
         "log_debug": _log_debug if logger.isEnabledFor(logging.DEBUG) else None,
         "timeout_keep_alive": config.timeout_keep_alive,
@@ -216,7 +285,9 @@ def _ignore_signal(signum, frame) -> None:
     pass
 
 
-def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None) -> int:
+def _serve_wsgi(
+    config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None, worker=None
+) -> int:
     """WSGI: the reactor on a thread of its own, the app on --threads threads; this (the main)
     thread only waits for signals and runs the shutdown. No asyncio loop is involved."""
     from . import _core
@@ -229,7 +300,7 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
     # started (a shell's `&` ignores SIGINT) is still delivered to sigwait(), as the ASGI
     # server's loop.add_signal_handler() also makes it.
     old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in signals}
-    options = _core_options(config, tls)
+    options = _core_options(config, tls, worker)
     options["errors"] = sys.stderr
     server = _core.WSGIServer(app, options)
     threads = [
@@ -245,8 +316,7 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
             t.start()
         server.start()
         _freeze_startup_heap()
-        for name in names:
-            logger.info("pronghorn running on %s (Press CTRL+C to quit)", name)
+        _announce(names, worker)
         signal.sigwait(signals)
         logger.info("Shutting down")
         server.shutdown()
@@ -259,8 +329,9 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
                     "Graceful shutdown timed out with %d connection(s) open", server.connections
                 )
                 break
-            if signal.sigtimedwait(signals, 0.02) is not None:
-                break  # a second signal: stop waiting for in-flight requests
+            again = signal.sigtimedwait(signals, 0.02)
+            if again is not None and again.si_signo == signal.SIGINT:
+                break  # a second Ctrl+C: stop waiting for in-flight requests
         # Time is up: requests no thread has taken get a 503, responses cut short a reset;
         # what is then queued still drains for a moment.
         server.expire()
@@ -284,14 +355,14 @@ def _serve_wsgi(config: Config, app: Any, socks: list[tuple[socket.socket, bool]
 
 
 async def _serve(
-    config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None
+    config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None, worker=None
 ) -> int:
     from . import _core
 
     loop = asyncio.get_running_loop()
     shutdown = _Shutdown()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, shutdown.request)
+        loop.add_signal_handler(sig, shutdown.request, sig)
 
     state: dict = {}
     lifespan = Lifespan(app, config.lifespan, state)
@@ -303,7 +374,7 @@ async def _serve(
             sock.close()
         return 3
 
-    options = _core_options(config, tls)
+    options = _core_options(config, tls, worker)
     options.update(_ws_options(config))
     server = _core.Server(app, loop, state, options)
     names = []
@@ -312,8 +383,7 @@ async def _serve(
         server.listen(sock.detach(), is_unix, config.backlog)
     server.start()
     _freeze_startup_heap()
-    for name in names:
-        logger.info("pronghorn running on %s (Press CTRL+C to quit)", name)
+    _announce(names, worker)
 
     await shutdown.event.wait()
     logger.info("Shutting down")
@@ -360,30 +430,51 @@ def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def serve(config: Config, tls=None) -> int:
+def serve(config: Config, tls=None, socks=None, worker=None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code. tls: what
-    tls_context(config) made, if the caller checked the certificates already."""
+    tls_context(config) made, if the caller checked the certificates already. A supervisor's
+    worker passes the sockets it inherited and its link to the supervisor (supervisor.py)."""
     logs.configure(config.log_level, config.access_log)
     if tls is None:
         tls = tls_context(config)
     app = config.load_app()
     interface = config.app_interface(app)
-    socks = bind_sockets(config)
+    owner = socks is None  # this process bound the sockets: it cleans up after them
+    if owner:
+        socks = bind_sockets(config)
+        write_pid_file(config)
     logger.info("Started server process [%d]", os.getpid())
-    if interface == "wsgi":
-        logger.info(
-            "Serving a WSGI app on %d thread(s) (--interface %s)", config.threads, config.interface
-        )
-        try:
-            return _serve_wsgi(config, app, socks, tls)
-        finally:
-            sys.stderr.flush()
+    try:
+        if interface == "wsgi":
+            logger.info(
+                "Serving a WSGI app on %d thread(s) (--interface %s)",
+                config.threads,
+                config.interface,
+            )
+            return _serve_wsgi(config, app, socks, tls, worker)
+        return _serve_asgi(config, app, socks, tls, worker)
+    finally:
+        if owner:
+            remove_pid_file(config)
+            remove_uds(config)
+        sys.stderr.flush()
+
+
+def remove_uds(config: Config) -> None:
+    """The --uds socket file goes with the server that made it."""
+    if config.uds and config.fd is None:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(config.uds).st_mode):
+                os.unlink(config.uds)
+
+
+def _serve_asgi(config: Config, app: Any, socks, tls, worker) -> int:
     logger.info("Serving an ASGI app (--interface %s)", config.interface)
     loop = _new_loop(config.loop)
     logger.debug("Event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(_serve(config, app, socks, tls))
+        return loop.run_until_complete(_serve(config, app, socks, tls, worker))
     except KeyboardInterrupt:
         return 0
     finally:
@@ -392,4 +483,3 @@ def serve(config: Config, tls=None) -> int:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
-            sys.stderr.flush()
