@@ -48,8 +48,8 @@ def tool_version(name):
     return m.group(1) if m else text.splitlines()[0] if text else "unknown"
 
 
-def _pinned(argv):
-    return ["taskset", "-c", CLIENT_CPU, *argv]
+def _pinned(argv, cpus=None):
+    return ["taskset", "-c", cpus or CLIENT_CPU, *argv]
 
 
 def _children_cpu():
@@ -57,13 +57,13 @@ def _children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def _run(argv, timeout, env=None):
+def _run(argv, timeout, env=None, cpus=None):
     """The tool's CompletedProcess, with .client_cpu: the cores it used over its run (the
     reaped children's CPU time; the servers under test are reaped only once stopped)."""
     cpu0, t0 = _children_cpu(), time.monotonic()
     try:
         out = subprocess.run(
-            _pinned(argv), capture_output=True, text=True, timeout=timeout, env=env
+            _pinned(argv, cpus), capture_output=True, text=True, timeout=timeout, env=env
         )
     except subprocess.TimeoutExpired as e:
         raise ToolError(f"{argv[0]} did not finish within {timeout:.0f}s") from e
@@ -71,11 +71,15 @@ def _run(argv, timeout, env=None):
     return out
 
 
-def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0, headers=(), preload=None):
+def wrk(
+    url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0, headers=(), preload=None,
+    threads=1, cpus=None,
+):  # fmt: skip
     """Closed-loop HTTP/1.1 load; depth > 1 pipelines, pace_ms > 0 waits before each request.
     headers: ("Name: value", ...) added to every request (wrk -H); with "Connection: close"
     wrk opens a new connection for each request. preload: a library to LD_PRELOAD into wrk
-    (bench/noresume.c: no TLS session resumption)."""
+    (bench/noresume.c: no TLS session resumption). threads/cpus: wrk threads and where they
+    run (default one thread on CLIENT_CPU)."""
     exe = find_tool("wrk")
     if not exe:
         raise ToolError("wrk not installed")
@@ -83,11 +87,11 @@ def wrk(url, conns, seconds, depth=1, method="GET", body=0, pace_ms=0, headers=(
     if preload:
         env["LD_PRELOAD"] = str(preload)
     argv = [
-        exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
+        exe, f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
         *(x for h in headers for x in ("-H", h)),
         "-s", str(WRK_LUA), url, "--", str(depth), method, str(body), str(pace_ms),
     ]  # fmt: skip
-    out = _run(argv, timeout=seconds + 60, env=env)
+    out = _run(argv, timeout=seconds + 60, env=env, cpus=cpus)
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
     if line is None:
         raise ToolError(f"wrk gave no result: {(out.stderr or out.stdout).strip()[:300]}")

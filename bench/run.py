@@ -35,6 +35,7 @@ import report
 import servers
 from apps.bodies import FILE_1M_ENV, FILE_1M_SIZE, file_1m_bytes
 from servers import (
+    BOTH_CPUS,
     ROOT,
     SLEEP_THREADS,
     Running,
@@ -75,6 +76,9 @@ class Scenario:
     # WebSocket echo (wsload): the message size in bytes; each connection sends one binary
     # message of this size, waits for its echo and checks it, then sends the next
     message: int = 0
+    # every server with this many workers (Server.scenario_args), on both cores, and the load
+    # generator on both cores too (two wrk threads): the machine has no third core to keep apart
+    workers: int = 0
 
     def has_row(self, server):
         """Whether the server gets a row in this scenario's table."""
@@ -90,6 +94,8 @@ TLS_PEERS = ("granian", "uvicorn", "nginx")
 # WebSockets: uvicorn three times (its websockets, wsproto and websockets-sansio
 # implementations). nginx has no app to echo with (only a proxy); pyvoy and gunicorn not run.
 WS_PEERS = ("granian", "uvicorn", "uvicorn-wsproto", "uvicorn-sansio", "hypercorn")
+# Two workers: granian --workers 2, uvicorn --workers 2, gunicorn with two uvicorn workers
+WORKER_PEERS = ("granian", "uvicorn", "gunicorn")
 SCENARIOS = [
     Scenario("hello", "1", "ASGI hello (13 B), keep-alive, 64 conns", ASGI, "wrk", "rps"),
     Scenario(
@@ -164,6 +170,10 @@ SCENARIOS = [
         "rps", path="/ws", conns=1, needs="ws", peers=WS_PEERS, transfer=True,
         unit="round trips/s", message=1 << 20,
     ),
+    Scenario(
+        "workers2", "9", "ASGI hello, 2 workers, load generator on both cores, 64 conns",
+        ("asgi",), "wrk", "rps", peers=WORKER_PEERS, workers=2,
+    ),
 ]  # fmt: skip
 
 # What runs first on a fresh server: idle_rss wants a warmed-up but unfragmented process, the
@@ -173,7 +183,7 @@ SCENARIOS = [
 RUN_ORDER = [
     "idle_rss", "hello", "pipelined", "body10k", "echo10k", "sleep10ms", "wsgi_hello",
     "wsgi_sleep100", "rate5k", "rate20k", "rate40k", "file1m", "h2_hello", "h2_streams",
-    "ws_echo", "ws_1mib", "conns10k", "tls_hello", "tls_h2_hello", "tls_handshakes",
+    "ws_echo", "ws_1mib", "conns10k", "tls_hello", "tls_h2_hello", "tls_handshakes", "workers2",
 ]  # fmt: skip
 
 # The h2 rows of a server that should speak h2c but does not answer h2load's prior-knowledge
@@ -347,6 +357,8 @@ class Bench:
             args = dict(depth=sc.depth, method=sc.method, body=sc.body)
             if sc.reconnect:
                 args.update(headers=["Connection: close"], preload=self.noresume)
+            if sc.workers:
+                args.update(threads=2, cpus=BOTH_CPUS)
             secs = cfg["seconds"] + (2 if sc.conns == 10000 else 0)  # connecting takes a while
             loadgen.wrk(url, conns, cfg["warmup"], **args)
             time.sleep(sc.settle)
@@ -414,11 +426,11 @@ class Bench:
                 sc = todo[key]
                 h2_instance = bool(server.h2_argv) and sc.needs == "h2" and not sc.tls
                 extra = tuple(server.scenario_args.get(key, ()))
-                instances.setdefault((h2_instance, extra, sc.tls), []).append(sc)
-        for (h2_instance, extra, tls), scenarios in instances.items():
-            self._serve(server, rnd, scenarios, h2_instance, extra, tls)
+                instances.setdefault((h2_instance, extra, sc.tls, sc.workers), []).append(sc)
+        for (h2_instance, extra, tls, workers), scenarios in instances.items():
+            self._serve(server, rnd, scenarios, h2_instance, extra, tls, workers)
 
-    def _serve(self, server, rnd, ordered, h2_instance, extra=(), tls=False):
+    def _serve(self, server, rnd, ordered, h2_instance, extra=(), tls=False, workers=0):
         if server.is_pronghorn and self.source_fp:
             fp = pronghorn_source_fingerprint()
             if fp not in self.sources_seen:
@@ -429,7 +441,7 @@ class Bench:
         t0 = time.monotonic()
         run = Running(
             server, self.log_dir, h2_instance=h2_instance, extra=extra,
-            tls=self.tls_files if tls else None,
+            tls=self.tls_files if tls else None, cpus=BOTH_CPUS if workers else None,
         )  # fmt: skip
         h2_ok = True
         try:

@@ -28,6 +28,9 @@ PRONGHORN_EXE = ROOT / ".venv" / "bin" / "pronghorn"
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
+# Scenario 9 (two workers per server): the servers and the load generator share both cores
+BOTH_CPUS = "0,1"
+WORKERS2 = ("--workers", "2")
 
 # Every server is told the same: one worker, no access log, a 60 s keep-alive (long enough for
 # the idle-connection measurement), a listen backlog of 4096 (the kernel's somaxconn here).
@@ -275,6 +278,7 @@ def all_servers():
             tls_argv=with_tls(pronghorn_argv("asgi_app:app"), "--ssl-certfile", "--ssl-keyfile"),
             features=set(both), lacks={"h2": "not yet", "tls": "not yet", "ws": "not yet"},
             version=_pronghorn_version, is_pronghorn=True,
+            scenario_args={"workers2": WORKERS2},
         ),
         # asyncio's own loop instead of the default uvloop: the evidence for the default, run
         # when named (`--servers pronghorn pronghorn-asyncio nginx`)
@@ -309,11 +313,13 @@ def all_servers():
             # and http/1.1 by ALPN
             tls_argv=with_tls(granian_asgi_argv(), "--ssl-certificate", "--ssl-keyfile"),
             features=both | {"h2", "tls", "ws"}, version=granian_v,
+            scenario_args={"workers2": WORKERS2},
         ),
         Server(
             "uvicorn", "uvicorn", "asgi", uvicorn_argv,
             tls_argv=with_tls(uvicorn_argv, "--ssl-certfile", "--ssl-keyfile"),
             features=both | {"tls", "ws"}, lacks={"h2": "no HTTP/2"}, version=uvicorn_ws_v,
+            scenario_args={"workers2": WORKERS2},
         ),
         # uvicorn's other WebSocket implementations, for the WebSocket rows alone: wsproto, and
         # websockets' sans-I/O core (what --ws auto, uvicorn's default, picks today and what
@@ -350,6 +356,10 @@ def all_servers():
                 "--keep-alive", KEEP_ALIVE, "--backlog", BACKLOG, "--log-level", "warning",
             ],
             features=set(both), lacks={"h2": "no HTTP/2"}, version=gunicorn_v,
+            # two uvicorn workers (uvicorn-worker), as gunicorn users run ASGI apps
+            scenario_args={
+                "workers2": (*WORKERS2, "--worker-class", "uvicorn_worker.UvicornWorker")
+            },
         ),
         Server(
             "nginx", "nginx", "nginx", nginx_argv, tls_argv=nginx_argv,
@@ -443,9 +453,10 @@ class Running:
     """A started server: its process group, ports, log and scratch directory. h2_instance:
     the server's second instance, for its h2 rows (Server.h2_argv); extra: options for one
     scenario's instance (Server.scenario_args); tls: (certfile, keyfile), the instance that
-    serves the TLS rows (Server.tls_argv), over HTTPS on one port."""
+    serves the TLS rows (Server.tls_argv), over HTTPS on one port; cpus: where it runs, if
+    not SERVER_CPU."""
 
-    def __init__(self, server, log_dir, h2_instance=False, extra=(), tls=None):
+    def __init__(self, server, log_dir, h2_instance=False, extra=(), tls=None, cpus=None):
         self.server = server
         self.tls = tls
         self.port = free_port()
@@ -459,7 +470,7 @@ class Running:
             make_argv = server.h2_argv if h2_instance else server.argv
             argv = make_argv(self.port, self.h2_port, self.workdir)
         argv = with_args(argv, extra)
-        argv = ["taskset", "-c", SERVER_CPU, *argv]
+        argv = ["taskset", "-c", cpus or SERVER_CPU, *argv]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(APPS)
         env.pop("VIRTUAL_ENV", None)

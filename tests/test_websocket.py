@@ -528,15 +528,41 @@ def test_pings_from_a_peer_that_does_not_read_are_not_buffered_without_bound(ser
         ping = frame(9, b"p" * 125)  # each answered with a 127-byte pong nobody reads
         batch = ping * 512
         sent, deadline = 0, time.monotonic() + 3
+        pending = batch
         while time.monotonic() < deadline:
             try:
-                sent += c.sock.send(batch)
+                n = c.sock.send(pending)
             except BlockingIOError:
                 time.sleep(0.02)
+                continue
+            sent += n
+            pending = pending[n:] or batch  # whole frames only: a cut one would desync
+
         grown = rss_kib(srv.pid) - before
         # without the brake every ping read becomes a queued pong: 3 s of them is far more
         assert sent < 64 * 1024 * 1024, f"the server read {sent} bytes of pings"
         assert grown < 24 * 1024, f"server grew {grown} KiB queueing pongs"
+
+
+def test_frames_before_the_app_accepts_are_not_read_without_bound(server):
+    """Frames a client sends right behind its handshake wait for the app's accept; beyond one
+    read buffer of them the server stops reading (it read 2 GB/s into a growing buffer)."""
+    srv = server("ws_app:app")
+    c = RawConn(srv.port)
+    with c:
+        c.send(b"GET /late-accept HTTP/1.1\r\nHost: x\r\n" + HANDSHAKE + b"\r\n")
+        c.sock.setblocking(False)
+        batch = frame(9, b"p" * 125) * 512
+        sent, pending, deadline = 0, batch, time.monotonic() + 0.8  # the app accepts at 1 s
+        while time.monotonic() < deadline:
+            try:
+                n = c.sock.send(pending)
+            except BlockingIOError:
+                time.sleep(0.02)
+                continue
+            sent += n
+            pending = pending[n:] or batch
+        assert sent < 16 * 1024 * 1024, f"the server took {sent} bytes before the accept"
 
 
 def test_slow_app_stops_the_server_reading(server):
@@ -548,11 +574,15 @@ def test_slow_app_stops_the_server_reading(server):
         msg = frame(2, b"z" * 16384)
         sent = 0
         deadline = time.monotonic() + 3
+        pending = msg
         while time.monotonic() < deadline:
             try:
-                sent += c.sock.send(msg)
+                n = c.sock.send(pending)
             except BlockingIOError:
                 time.sleep(0.05)
+                continue
+            sent += n
+            pending = pending[n:] or msg  # whole frames only
         # 4 messages held for the app, a read buffer and the kernel's: never 3 s of input
         assert sent < 8 * 1024 * 1024, f"the server took {sent} bytes from a slow app's peer"
         grown = rss_kib(srv.pid)

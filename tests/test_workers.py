@@ -222,6 +222,17 @@ def test_workers_need_an_import_string():
     assert Config(app=APP, workers="0").workers == len(os.sched_getaffinity(0))
 
 
+def test_wsgi_workers(server):
+    srv = server("wsgi_app:app", "--workers", "2", "--max-requests", "40")
+    wait_workers(srv, 2)
+    env = httpx.get(f"http://127.0.0.1:{srv.port}/environ", timeout=5).json()["environ"]
+    assert env["wsgi.multiprocess"] is True
+    for _ in range(100):  # through two replacements: the reactor thread counts requests too
+        assert httpx.get(f"http://127.0.0.1:{srv.port}/environ", timeout=5).status_code == 200
+    assert len(re.findall(r"Replacing worker", srv.log())) >= 2
+    assert srv.stop() == 0
+
+
 # ---- signals ------------------------------------------------------------------------------
 
 

@@ -930,7 +930,11 @@ static void hs_on_close(ph_conn_t *conn)
 
 static void hs_drain(ph_conn_t *conn)
 {
-    ph_conn_close(conn, 0); /* no request can be in flight yet */
+    /* A client in its handshake is about to send a request: let the handshake finish (the
+     * protocol then drains as it starts: HTTP/1.1 answers one request with a close), within
+     * a second at most. */
+    uint64_t t = conn->server->cfg.timeout_request_header_ms;
+    ph_conn_set_timeout(conn, t && t < 1000 ? t : 1000);
 }
 
 static const ph_conn_proto_t handshake_proto = {

@@ -302,6 +302,8 @@ def _serve_wsgi(
     old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in signals}
     options = _core_options(config, tls, worker)
     options["errors"] = sys.stderr
+    # under a supervisor, other processes run the app too (always so during a reload)
+    options["multiprocess"] = worker is not None
     server = _core.WSGIServer(app, options)
     threads = [
         threading.Thread(target=server.work, name=f"pronghorn-wsgi-{i}", daemon=True)
