@@ -517,6 +517,21 @@ def test_client_that_does_not_read_is_not_buffered_without_bound(server):
         assert "flood_done" not in results(srv)
 
 
+def flood(sock, data: bytes, seconds: float, pause: float = 0.02) -> int:
+    """Sends data again and again on a non-blocking socket for `seconds`, always whole copies
+    of it (a cut frame would desynchronise the peer); returns the bytes the socket took."""
+    sent, pending, deadline = 0, data, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            n = sock.send(pending)
+        except BlockingIOError:
+            time.sleep(pause)
+            continue
+        sent += n
+        pending = pending[n:] or data
+    return sent
+
+
 def test_pings_from_a_peer_that_does_not_read_are_not_buffered_without_bound(server):
     srv = server("ws_app:app")
     before = rss_kib(srv.pid)
@@ -526,17 +541,7 @@ def test_pings_from_a_peer_that_does_not_read_are_not_buffered_without_bound(ser
         c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + HANDSHAKE + b"\r\n")
         c.sock.setblocking(False)
         ping = frame(9, b"p" * 125)  # each answered with a 127-byte pong nobody reads
-        batch = ping * 512
-        sent, deadline = 0, time.monotonic() + 3
-        pending = batch
-        while time.monotonic() < deadline:
-            try:
-                n = c.sock.send(pending)
-            except BlockingIOError:
-                time.sleep(0.02)
-                continue
-            sent += n
-            pending = pending[n:] or batch  # whole frames only: a cut one would desync
+        sent = flood(c.sock, ping * 512, 3)
 
         grown = rss_kib(srv.pid) - before
         # without the brake every ping read becomes a queued pong: 3 s of them is far more
@@ -552,16 +557,7 @@ def test_frames_before_the_app_accepts_are_not_read_without_bound(server):
     with c:
         c.send(b"GET /late-accept HTTP/1.1\r\nHost: x\r\n" + HANDSHAKE + b"\r\n")
         c.sock.setblocking(False)
-        batch = frame(9, b"p" * 125) * 512
-        sent, pending, deadline = 0, batch, time.monotonic() + 0.8  # the app accepts at 1 s
-        while time.monotonic() < deadline:
-            try:
-                n = c.sock.send(pending)
-            except BlockingIOError:
-                time.sleep(0.02)
-                continue
-            sent += n
-            pending = pending[n:] or batch
+        sent = flood(c.sock, frame(9, b"p" * 125) * 512, 0.8)  # the app accepts at 1 s
         assert sent < 16 * 1024 * 1024, f"the server took {sent} bytes before the accept"
 
 
@@ -572,17 +568,7 @@ def test_slow_app_stops_the_server_reading(server):
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         c.sock.setblocking(False)
         msg = frame(2, b"z" * 16384)
-        sent = 0
-        deadline = time.monotonic() + 3
-        pending = msg
-        while time.monotonic() < deadline:
-            try:
-                n = c.sock.send(pending)
-            except BlockingIOError:
-                time.sleep(0.05)
-                continue
-            sent += n
-            pending = pending[n:] or msg  # whole frames only
+        sent = flood(c.sock, msg, 3, pause=0.05)
         # 4 messages held for the app, a read buffer and the kernel's: never 3 s of input
         assert sent < 8 * 1024 * 1024, f"the server took {sent} bytes from a slow app's peer"
         grown = rss_kib(srv.pid)

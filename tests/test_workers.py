@@ -142,6 +142,11 @@ def copy_app(tmp_path: Path) -> Path:
     return tmp_path / "workers_app.py"
 
 
+def reload_flags(tmp_path: Path) -> list[str]:
+    """--reload of the app copied into tmp_path (copy_app), imported from there."""
+    return ["--reload", "--reload-dir", str(tmp_path), "--app-dir", str(tmp_path)]
+
+
 def set_version(path: Path, version: str) -> None:
     text = re.sub(r"^VERSION = .*$", f'VERSION = "{version}"', path.read_text(), flags=re.M)
     path.write_text(text)
@@ -421,17 +426,7 @@ def test_a_stuck_worker_is_killed_with_its_traceback_and_replaced(server):
 
 def test_reload_serves_edits_survives_a_syntax_error_and_ignores_excluded_files(server, tmp_path):
     app_file = copy_app(tmp_path)
-    srv = server(
-        APP,
-        "--reload",
-        "--reload-dir",
-        str(tmp_path),
-        "--app-dir",
-        str(tmp_path),
-        "--reload-exclude",
-        "skip_*",
-        env=NOBYTECODE,
-    )
+    srv = server(APP, *reload_flags(tmp_path), "--reload-exclude", "skip_*", env=NOBYTECODE)
     srv.wait_for_log("Will watch for changes in these directories")
     assert get(srv.port)[1] == "1"
 
@@ -459,16 +454,7 @@ def test_reload_with_an_app_that_never_imported_waits_for_the_fix(server, tmp_pa
     app_file = copy_app(tmp_path)
     good = app_file.read_text()
     app_file.write_text(good + "\n)\n")
-    srv = server(
-        APP,
-        "--reload",
-        "--reload-dir",
-        str(tmp_path),
-        "--app-dir",
-        str(tmp_path),
-        env=NOBYTECODE,
-        wait=False,
-    )
+    srv = server(APP, *reload_flags(tmp_path), env=NOBYTECODE, wait=False)
     srv.wait_for_log("waiting for a file change", 10)
     assert srv.proc.poll() is None
     app_file.write_text(good)

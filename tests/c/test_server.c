@@ -130,6 +130,28 @@ static int connect_to(const struct sockaddr_in *addr)
     return fd;
 }
 
+/* Two workers on one listening socket, each with its slot of the page. */
+typedef struct {
+    struct sockaddr_in addr;
+    int lfd;
+    worker_t a, b;
+} pair_t;
+
+static void pair_init(pair_t *p)
+{
+    memset(page, 0, sizeof(page));
+    p->lfd = listening_socket(&p->addr);
+    worker_init(&p->a, p->lfd, 0);
+    worker_init(&p->b, p->lfd, 1);
+}
+
+static void pair_free(pair_t *p)
+{
+    worker_free(&p->a);
+    worker_free(&p->b);
+    close(p->lfd);
+}
+
 static void test_over_share(void)
 {
     memset(page, 0, sizeof(page));
@@ -203,80 +225,62 @@ static void test_open_stream_notes_the_request(void)
 
 static void test_heartbeat_beats_until_closed(void)
 {
-    memset(page, 0, sizeof(page));
-    struct sockaddr_in addr;
-    int lfd = listening_socket(&addr);
-    worker_t a, b;
-    worker_init(&a, lfd, 0);
-    worker_init(&b, lfd, 1);
+    pair_t p;
+    pair_init(&p);
     uint64_t first = slot(0)->beat_ns;
     CHECK(first != 0 && slot(0)->accepting == 1);
-    run_both(&a, &b, 40);
+    run_both(&p.a, &p.b, 40);
     CHECK(slot(0)->beat_ns > first);
     uint64_t last = slot(0)->beat_ns;
     /* a loop nobody runs does not beat: that is what --worker-timeout sees */
     usleep(40 * 1000);
     CHECK(slot(0)->beat_ns == last);
-    worker_free(&a);
-    worker_free(&b);
-    close(lfd);
+    pair_free(&p);
 }
 
 static void test_two_workers_share_a_burst_of_connections(void)
 {
-    memset(page, 0, sizeof(page));
-    struct sockaddr_in addr;
-    int lfd = listening_socket(&addr);
-    worker_t a, b;
-    worker_init(&a, lfd, 0);
-    worker_init(&b, lfd, 1);
+    pair_t p;
+    pair_init(&p);
     enum { N = 40 };
     int clients[N];
     for (int i = 0; i < N; i++)
-        clients[i] = connect_to(&addr); /* all waiting in the backlog before anyone accepts */
+        clients[i] = connect_to(&p.addr); /* all waiting in the backlog before anyone accepts */
     /* a takes its share first: alone, it would have taken all of them */
-    ph_loop_tick(&a.loop);
-    CHECK(a.server.nconns <= 3);
-    run_both(&a, &b, 100);
-    CHECK(a.server.nconns + b.server.nconns == N);
-    size_t diff = a.server.nconns > b.server.nconns ? a.server.nconns - b.server.nconns
-                                                    : b.server.nconns - a.server.nconns;
+    ph_loop_tick(&p.a.loop);
+    CHECK(p.a.server.nconns <= 3);
+    run_both(&p.a, &p.b, 100);
+    CHECK(p.a.server.nconns + p.b.server.nconns == N);
+    size_t diff = p.a.server.nconns > p.b.server.nconns ? p.a.server.nconns - p.b.server.nconns
+                                                        : p.b.server.nconns - p.a.server.nconns;
     CHECK(diff <= 2 * PH_ACCEPT_SLACK + 2);
-    CHECK(slot(0)->conns == a.server.nconns && slot(1)->conns == b.server.nconns);
+    CHECK(slot(0)->conns == p.a.server.nconns && slot(1)->conns == p.b.server.nconns);
     for (int i = 0; i < N; i++)
         close(clients[i]);
-    worker_free(&a);
-    worker_free(&b);
-    close(lfd);
+    pair_free(&p);
 }
 
 static void test_drain_takes_the_backlog_first(void)
 {
-    memset(page, 0, sizeof(page));
-    struct sockaddr_in addr;
-    int lfd = listening_socket(&addr);
-    worker_t a, b;
-    worker_init(&a, lfd, 0);
-    worker_init(&b, lfd, 1);
+    pair_t p;
+    pair_init(&p);
     slot(1)->accepting = 0; /* b is not there for a's balance: a takes all */
-    b.server.draining = 1;
-    int c1 = connect_to(&addr), c2 = connect_to(&addr);
-    ph_server_drain(&a.server);
-    CHECK(!a.server.draining && a.server.drain_queued); /* not before the next poll */
-    ph_loop_tick(&a.loop);
-    CHECK(a.server.draining && !a.server.drain_queued);
-    CHECK(a.server.nconns == 2); /* what waited was taken before the listener closed */
+    p.b.server.draining = 1;
+    int c1 = connect_to(&p.addr), c2 = connect_to(&p.addr);
+    ph_server_drain(&p.a.server);
+    CHECK(!p.a.server.draining && p.a.server.drain_queued); /* not before the next poll */
+    ph_loop_tick(&p.a.loop);
+    CHECK(p.a.server.draining && !p.a.server.drain_queued);
+    CHECK(p.a.server.nconns == 2); /* what waited was taken before the listener closed */
     CHECK(slot(0)->accepting == 0);
     /* a new connection now waits for b (the socket stays open in b): a takes no more */
-    int c3 = connect_to(&addr);
-    ph_loop_tick(&a.loop);
-    CHECK(a.server.nconns == 2);
+    int c3 = connect_to(&p.addr);
+    ph_loop_tick(&p.a.loop);
+    CHECK(p.a.server.nconns == 2);
     close(c1);
     close(c2);
     close(c3);
-    worker_free(&a);
-    worker_free(&b);
-    close(lfd);
+    pair_free(&p);
 }
 
 int main(void)
