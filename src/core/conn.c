@@ -932,9 +932,9 @@ static void hs_drain(ph_conn_t *conn)
 {
     /* A client in its handshake is about to send a request: let the handshake finish (the
      * protocol then drains as it starts: HTTP/1.1 answers one request with a close), within
-     * a second at most. */
+     * PH_DRAIN_IDLE_MS at most. */
     uint64_t t = conn->server->cfg.timeout_request_header_ms;
-    ph_conn_set_timeout(conn, t && t < 1000 ? t : 1000);
+    ph_conn_set_timeout(conn, t && t < PH_DRAIN_IDLE_MS ? t : PH_DRAIN_IDLE_MS);
 }
 
 static const ph_conn_proto_t handshake_proto = {

@@ -30,10 +30,6 @@ typedef struct {
     size_t name_off, name_len, value_off, value_len;
 } hdr_pos_t;
 
-/* How long an idle connection may stay once the server drains (a request then gets an answer
- * and a close). */
-#define DRAIN_IDLE_MS 1000
-
 typedef struct {
     ph_conn_t *conn;
     ph_server_t *server;
@@ -1630,9 +1626,9 @@ static void drain(ph_conn_t *conn)
         /* Idle: just accepted, or between requests. A client may be sending its request at
          * this moment (one that just connected to a reloading worker, one that took this
          * keep-alive connection from its pool); closing now would lose that request. It gets
-         * its answer, with a close, if it comes within DRAIN_IDLE_MS. */
+         * its answer, with a close, if it comes within PH_DRAIN_IDLE_MS. */
         uint64_t t = h->server->cfg.timeout_keep_alive_ms;
-        ph_conn_set_timeout(conn, t && t < DRAIN_IDLE_MS ? t : DRAIN_IDLE_MS);
+        ph_conn_set_timeout(conn, t && t < PH_DRAIN_IDLE_MS ? t : PH_DRAIN_IDLE_MS);
         return;
     }
     if (!h->stream_open && h->in_message && !h->headers_done)

@@ -70,6 +70,9 @@ typedef struct {
  * the least-loaded accepting peer stops accepting for PH_ACCEPT_PAUSE_MS, holding at most one
  * accepted connection meanwhile. */
 #define PH_ACCEPT_SLACK 1
+/* Once a drain starts, how long a connection with nothing in flight (just accepted, in its TLS
+ * handshake, or idle between requests) may stay for the request its client may be sending. */
+#define PH_DRAIN_IDLE_MS 1000
 #define PH_ACCEPT_PAUSE_MS 2
 
 struct ph_server_s {
