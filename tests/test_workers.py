@@ -108,10 +108,20 @@ class Load:
                     time.sleep(0.01)
 
     def _fresh(self) -> None:
+        # A fresh request counts from when connect() returned: only then is the connection
+        # known to be in the listen queue (or known to be refused). A connect begun just
+        # before the signal may reach the kernel after the listeners closed, and its refusal
+        # is then the right answer, not a lost request.
         while not self.stopping.is_set():
+            try:
+                conn = RawConn(self.port, timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                self._record(time.monotonic(), False, error=repr(exc))
+                time.sleep(0.01)
+                continue
             start = time.monotonic()
             try:
-                with RawConn(self.port, timeout=10) as conn:
+                with conn:
                     conn.send(request_bytes("GET", self.path, headers=[("Connection", "close")]))
                     resp = conn.read_response()
                 pid, version = resp.text.split()
