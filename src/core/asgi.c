@@ -33,10 +33,19 @@ struct ph_req_s {
         done : 1, want_body_sent : 1, paused : 1, app_running : 1, linked : 1, peer_closed : 1,
         held : 1, want_trailers : 1, body_complete : 1;
     int status;
-    uint64_t bytes;
+    uint64_t bytes;    /* response body bytes accepted */
+    uint64_t bytes_in; /* request body bytes received */
     double t0;
+    /* logged: its access line went out (once per request); answered: the status the protocol
+     * answered with itself (stream.h) */
+    unsigned logged : 1;
+    int answered;
+    uint64_t id;    /* the server's count of requests when it opened (trace lines name it) */
+    char method[8]; /* for the counters: the method when it is one of the common ones */
+    size_t method_len;
     /* kept for the access log only */
     PyObject *log_client, *log_method, *log_path, *log_version;
+    PyObject *log_req_headers, *log_resp_headers; /* when the log format names headers */
     /* A WebSocket (is_ws: the request was a handshake). ws: its session once accepted;
      * ws_queue: messages read and not yet received; ws_code / ws_reason: what
      * websocket.disconnect will say; ws_timer: pings and the close handshake's deadline.
@@ -128,7 +137,8 @@ static void wake_receivers(ph_req_t *r)
 
 static void log_exception(ph_pyserver_t *srv, const char *msg, PyObject *exc)
 {
-    ph_log_exception(srv->log_exception, msg, exc);
+    if (ph_log_exception(srv->log_exception, msg, exc, 0))
+        ph_server_count_app_error(&srv->server);
 }
 
 /* "a.b.c.d" without sprintf (inet_ntop formats through printf: measurable per request). */
@@ -182,11 +192,18 @@ static PyObject *addr_tuple(const struct sockaddr_storage *ss)
 /* The scope's "server": the same for every request on a listener, so the last one is kept. */
 static PyObject *server_tuple(ph_pyserver_t *srv, const struct sockaddr_storage *ss)
 {
-    size_t len =
-        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    size_t len = ss->ss_family == AF_INET6  ? sizeof(struct sockaddr_in6)
+                 : ss->ss_family == AF_UNIX ? sizeof(struct sockaddr_un)
+                                            : sizeof(struct sockaddr_in);
     if (srv->server_addr && memcmp(&srv->server_sockaddr, ss, len) == 0)
         return Py_NewRef(srv->server_addr);
-    PyObject *t = addr_tuple(ss);
+    PyObject *t;
+    if (ss->ss_family == AF_UNIX) { /* (path, None), as uvicorn gives */
+        const struct sockaddr_un *u = (const struct sockaddr_un *)ss;
+        t = Py_BuildValue("(sO)", u->sun_path, Py_None);
+    } else {
+        t = addr_tuple(ss);
+    }
     if (t) {
         Py_XSETREF(srv->server_addr, Py_NewRef(t));
         memcpy(&srv->server_sockaddr, ss, sizeof(*ss));
@@ -265,6 +282,8 @@ static int req_clear(ph_req_t *r)
     Py_CLEAR(r->log_method);
     Py_CLEAR(r->log_path);
     Py_CLEAR(r->log_version);
+    Py_CLEAR(r->log_req_headers);
+    Py_CLEAR(r->log_resp_headers);
     Py_CLEAR(r->ws_queue);
     Py_CLEAR(r->ws_reason);
     return 0;
@@ -283,8 +302,29 @@ static void req_dealloc(ph_req_t *r)
     Py_DECREF(tp);
 }
 
+/* --log-level trace: srv->trace(id, event, message) for a message in or out, the scope, the
+ * app's end. A failure there is unraisable: tracing never changes what the app sees. */
+static void trace(ph_req_t *r, const char *event, PyObject *msg)
+{
+    PyObject *res = PyObject_CallFunction(r->srv->trace, "KsO", (unsigned long long)r->id, event,
+                                          msg ? msg : Py_None);
+    if (res == NULL)
+        PyErr_WriteUnraisable(r->srv->trace);
+    Py_XDECREF(res);
+}
+
+static PyObject *take_message_(ph_req_t *r);
+
 /* The next message for receive(), or NULL without an exception when the app must wait. */
 static PyObject *take_message(ph_req_t *r)
+{
+    PyObject *msg = take_message_(r);
+    if (msg && r->srv->trace)
+        trace(r, "receive", msg);
+    return msg;
+}
+
+static PyObject *take_message_(ph_req_t *r)
 {
     ph_state_t *st = r->srv->st;
     if (r->is_ws)
@@ -375,15 +415,40 @@ static PyObject *req_receive(ph_req_t *r, PyObject *unused)
     return new_waiter(r, WAIT_RECEIVE, NULL, NULL);
 }
 
-static void access_log(ph_req_t *r)
+/* The request's one access line and its count, when it ends (end: PH_END_*). A request the
+ * protocol answered itself (413, 408, 503 at the deadline) is logged with that answer. */
+static void log_end(ph_req_t *r, int end, int reject)
 {
+    if (r->logged)
+        return;
+    r->logged = 1;
     ph_pyserver_t *srv = r->srv;
+    ph_exchange_t x = {.end = end, .reject = reject};
+    x.method = (ph_slice_t){r->method, r->method_len};
+    x.status = r->body_started || end == PH_END_OK ? r->status : 0;
+    if (r->answered && !r->body_started) {
+        x.status = r->answered;
+        x.end = PH_END_REJECTED;
+        x.reject = ph_reject_reason(r->answered);
+    }
+    x.bytes_in = r->bytes_in;
+    x.bytes_out = r->bytes;
+    x.seconds = r->t0 ? ph_monotonic() - r->t0 : 0;
+    ph_server_count(&srv->server, &x);
     if (srv->access_log == NULL || r->log_method == NULL)
         return;
-    double dt = ph_monotonic() - r->t0;
+    PyObject *headers = Py_None;
+    if (srv->log_headers)
+        headers = PyTuple_Pack(2, r->log_req_headers ? r->log_req_headers : Py_None,
+                               r->log_resp_headers ? r->log_resp_headers : Py_None);
     PyObject *res =
-        PyObject_CallFunction(srv->access_log, "OOOOiKd", r->log_client, r->log_method, r->log_path,
-                              r->log_version, r->status, (unsigned long long)r->bytes, dt);
+        headers ? PyObject_CallFunction(srv->access_log, "OOOOiKdKiiO", r->log_client,
+                                        r->log_method, r->log_path, r->log_version, x.status,
+                                        (unsigned long long)x.bytes_out, x.seconds,
+                                        (unsigned long long)x.bytes_in, x.end, x.reject, headers)
+                : NULL;
+    if (headers != Py_None)
+        Py_XDECREF(headers);
     if (res == NULL)
         PyErr_WriteUnraisable(srv->access_log);
     Py_XDECREF(res);
@@ -475,7 +540,7 @@ static int header_array(header_array_t *ha, PyObject *hs)
 static void response_complete(ph_req_t *r)
 {
     r->done = 1;
-    access_log(r);
+    log_end(r, PH_END_OK, 0);
     wake_receivers(r); /* a pending receive() now returns http.disconnect */
 }
 
@@ -534,6 +599,8 @@ static PyObject *send_start(ph_req_t *r, PyObject *msg)
     r->started = 1;
     r->status = status;
     r->want_trailers = want_trailers;
+    if (r->srv->log_headers && hs)
+        Py_XSETREF(r->log_resp_headers, Py_NewRef(hs));
     ret = Py_NewRef(st->done);
 out:
     header_array_free(&ha);
@@ -819,6 +886,8 @@ static PyObject *req_send(ph_req_t *r, PyObject *msg)
         PyErr_SetString(PyExc_TypeError, "an ASGI message must be a dict");
         return NULL;
     }
+    if (r->srv->trace)
+        trace(r, "send", msg);
     PyObject *type = PyDict_GetItemWithError(msg, st->k_type);
     if (type == NULL) {
         if (!PyErr_Occurred())
@@ -1095,8 +1164,9 @@ static PyType_Spec waiter_spec = {
 /* ---- the app's end: what happens when its coroutine returns or raises ---- */
 
 /* The server's own answer when nothing of the app's response has left (a head the app
- * started is replaced): 500 for an app error, 503 at the shutdown deadline. */
-static void respond_error(ph_req_t *r, int status)
+ * started is replaced): 500 for an app error, 503 at the shutdown deadline. end: how the
+ * access line tells it (PH_END_OK for a whole 500, PH_END_CANCELLED, PH_END_REJECTED). */
+static void respond_error(ph_req_t *r, int status, int end)
 {
     ph_stream_t *s = r->stream;
     const char *text = status == 503 ? "Service Unavailable" : "Internal Server Error";
@@ -1110,15 +1180,17 @@ static void respond_error(ph_req_t *r, int status)
         r->started = r->body_started = 1;
         r->status = status;
         r->bytes = len;
-        access_log(r);
-    } else if (r->stream) {
-        r->stream->ops->abort(r->stream);
+        log_end(r, end, end == PH_END_REJECTED ? PH_REJECT_SHUTDOWN : 0);
+    } else {
+        if (r->stream)
+            r->stream->ops->abort(r->stream);
+        log_end(r, PH_END_CLIENT_GONE, 0);
     }
 }
 
 static void respond_500(ph_req_t *r)
 {
-    respond_error(r, 500);
+    respond_error(r, 500, PH_END_OK);
 }
 
 /* exc: the exception the app raised (borrowed), or NULL when it returned. */
@@ -1128,9 +1200,20 @@ static void app_done(ph_req_t *r, PyObject *exc)
     ph_state_t *st = srv->st;
     r->app_running = 0;
     req_unlink(r);
+    if (srv->trace)
+        trace(r, "end", exc);
     int cancelled = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->cancelled_error);
-    if (exc && !cancelled)
-        log_exception(srv, "Exception in ASGI application", exc);
+    /* The client left before the response was whole: what the app raises then (Starlette's
+     * ClientDisconnect, our ClientDisconnected) is no app failure (logs.py decides). */
+    int gone = !r->done && (r->disconnected || r->stream == NULL);
+    if (exc && !cancelled) {
+        if (ph_log_exception(srv->log_exception, "Exception in ASGI application", exc, gone))
+            ph_server_count_app_error(&srv->server);
+    } else if (cancelled && !srv->cancelling && !r->done && !gone) {
+        /* Nobody here cancelled it: a CancelledError escaped the app. */
+        log_exception(srv, "CancelledError escaped the ASGI application (answered 500)", NULL);
+    }
+    int failed_end = cancelled ? PH_END_CANCELLED : exc ? PH_END_APP_ERROR : PH_END_INCOMPLETE;
     if (r->is_ws) {
         ws_app_done(r, exc, cancelled);
     } else if (r->stream && !r->disconnected && !r->done && r->body_complete && !exc) {
@@ -1147,13 +1230,18 @@ static void app_done(ph_req_t *r, PyObject *exc)
                               r->started ? "ASGI callable returned without a response body"
                                          : "ASGI callable returned without starting a response",
                               NULL);
-            respond_500(r);
+            respond_error(r, 500, cancelled ? PH_END_CANCELLED : PH_END_OK);
         } else {
             if (!exc && !cancelled)
                 log_exception(srv, "ASGI callable returned without completing the response", NULL);
             r->stream->ops->abort(r->stream);
+            log_end(r, failed_end, 0);
         }
     }
+    /* Whatever else ended it (the client left, a denial cut short) is logged now; an accepted
+     * WebSocket is logged when its tunnel closes. */
+    if (!(r->is_ws && r->ws_accepted && r->stream))
+        log_end(r, r->done ? PH_END_OK : gone ? PH_END_CLIENT_GONE : failed_end, 0);
     Py_CLEAR(r->task);
     Py_CLEAR(r->recv_futs);
     Py_CLEAR(r->send_fut);
@@ -1966,6 +2054,7 @@ static void on_body(ph_stream_t *s, const char *data, size_t len)
         ws_input(r, data, len);
         return;
     }
+    r->bytes_in += len;
     if (r->body_final_sent || len == 0)
         return;
     PyObject *b = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
@@ -2037,6 +2126,8 @@ static void on_drain(ph_stream_t *s)
 static void on_disconnect(ph_stream_t *s)
 {
     ph_req_t *r = s->user;
+    if (s->answered)
+        r->answered = s->answered;
     if (r->is_ws && r->ws_accepted)
         ws_finish(r, PH_WS_ABNORMAL); /* gone without (finishing) the closing handshake */
     if (!r->done)
@@ -2072,7 +2163,7 @@ static void on_release(ph_stream_t *s)
         ws_timer_drop(r);
         if (!r->done) {
             r->done = 1;
-            access_log(r); /* 101, the bytes the app sent and how long the session lasted */
+            log_end(r, PH_END_OK, 0); /* 101, the bytes sent and how long the session lasted */
         }
     }
     if (!r->done)
@@ -2362,8 +2453,10 @@ static PyObject *build_scope(ph_pyserver_t *srv, ph_stream_t *s, ph_req_t *r)
         else
             r->log_client = PyUnicode_FromString("-");
         r->log_method = Py_NewRef(method);
-        r->log_path = PyUnicode_DecodeLatin1(rq->target.base, (Py_ssize_t)rq->target.len, NULL);
+        r->log_path = PyBytes_FromStringAndSize(rq->target.base, (Py_ssize_t)rq->target.len);
         r->log_version = Py_NewRef(version);
+        if (srv->log_headers)
+            r->log_req_headers = Py_XNewRef(PyDict_GetItemWithError(scope, st->k_headers));
         if (!r->log_client || !r->log_path) {
             Py_CLEAR(r->log_client);
             Py_CLEAR(r->log_method);
@@ -2463,6 +2556,14 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     size_t limit = server->cfg.limit_concurrency;
     if (limit && srv->nreqs >= limit) {
         ph_stream_respond_text(s, 503, "Service Unavailable", 19);
+        ph_exchange_t x = {.method = s->req.method,
+                           .target = s->req.target,
+                           .status = 503,
+                           .end = PH_END_REJECTED,
+                           .reject = PH_REJECT_CONCURRENCY,
+                           .bytes_out = 19};
+        x.version = s->req.http_major == 2 ? 20 : s->req.http_minor == 0 ? 10 : 11;
+        ph_server_reject(server, s->peer, &x);
         return;
     }
     ph_req_t *r = PyObject_GC_New(ph_req_t, st->req_type);
@@ -2474,7 +2575,11 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     memset((char *)r + sizeof(PyObject), 0, sizeof(*r) - sizeof(PyObject));
     r->srv = (ph_pyserver_t *)Py_NewRef(srv);
     r->stream = s;
-    r->t0 = srv->access_log ? ph_monotonic() : 0;
+    r->t0 = srv->access_log || server->beat ? ph_monotonic() : 0;
+    if (s->req.method.len <= sizeof(r->method)) {
+        memcpy(r->method, s->req.method.base, s->req.method.len);
+        r->method_len = s->req.method.len;
+    }
     r->is_ws = s->req.websocket;
     /* A WebSocket's bytes are its session's, never an http.request body. */
     r->body_end = r->is_ws || (s->req.content_length <= 0 && !s->req.chunked);
@@ -2487,7 +2592,10 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
         srv->held->hprev = r;
     srv->held = r;
 
+    r->id = server->nrequests;
     PyObject *scope = build_scope(srv, s, r);
+    if (scope && srv->trace)
+        trace(r, "scope", scope);
     PyObject *receive = scope ? PyCFunction_New(&receive_def, (PyObject *)r) : NULL;
     PyObject *send = receive ? PyCFunction_New(&send_def, (PyObject *)r) : NULL;
     PyObject *coro = NULL;
@@ -2565,10 +2673,11 @@ ph_req_t *ph_asgi_next_held(ph_req_t *r)
 Py_ssize_t ph_asgi_cancel_all(ph_pyserver_t *srv)
 {
     Py_ssize_t n = 0;
+    srv->cancelling = 1; /* the CancelledErrors that follow are ours */
     for (ph_req_t *r = srv->reqs; r; r = r->next) {
         /* No byte of its response left yet: the client hears why, not a reset. */
         if (r->stream && !r->disconnected && !r->done && !r->body_started)
-            respond_error(r, 503);
+            respond_error(r, 503, PH_END_REJECTED);
         if (r->task == NULL)
             continue;
         PyObject *res = PyObject_CallMethodNoArgs(r->task, srv->st->s_cancel);

@@ -22,14 +22,19 @@ typedef struct {
     ph_loop_t loop;
     ph_server_t server;
     PyObject *app, *aloop, *state, *root_path, *root_path_bytes;
-    PyObject *access_log;    /* callable(client, method, path, version, status, bytes, seconds) */
-    PyObject *log_exception; /* callable(message, exc) */
+    /* callable(client, method, target, version, status, bytes_out, seconds, bytes_in, end,
+     * reject, headers): one access line per exchange (logs.py) */
+    PyObject *access_log;
+    int log_headers;         /* the access log format names headers: pass them */
+    PyObject *log_exception; /* callable(message, exc, client_gone) -> True for an app error */
+    PyObject *trace;         /* callable(client, event, message) with --log-level trace */
     PyObject *proxy;         /* callable(client_host, x_forwarded_for, x_forwarded_proto) or NULL */
     PyObject *tick, *on_timer; /* bound methods handed to the asyncio loop */
     PyObject *timer_handle;
     PyObject *extra_headers; /* bytes that server.cfg.extra_headers points into */
     PyObject *tls_held;      /* (TLSContext, debug callable) that server borrows */
     PyObject *beat_held;     /* the heartbeat page's memoryview (server.beat) */
+    PyObject *reject_held;   /* the on_reject callable server.on_reject calls */
     PyObject *server_addr;   /* the last scope["server"] tuple, for server_sockaddr */
     PyObject *scope_template, *asgi_template; /* what every scope starts as (asgi.c) */
     PyObject *ext_template;                   /* and its "extensions" */
@@ -39,6 +44,7 @@ typedef struct {
     size_t nreqs;
     ph_req_t *held; /* requests an open stream holds a reference to */
     int reader_added, closed, loop_open;
+    int cancelling; /* ph_asgi_cancel_all() ran: the tasks' cancellations are the server's */
 } ph_pyserver_t;
 
 /* Registers the bridge's types on the module; 0 or -1 with an exception. */

@@ -84,6 +84,15 @@ int ph_pytls_server_options(ph_state_t *st, ph_server_t *server, PyObject *opts,
 PyObject *ph_pytls_asgi_extension(struct ph_tls_s *t);
 int ph_pytls_wsgi_environ(PyObject *env, const char *packed); /* packed: ph_tls_env() */
 
+/* "ip:port" ("[ip6]:port"; "unix" for a Unix socket peer) into out. */
+void ph_peer_text(const struct sockaddr_storage *ss, char *out, size_t len);
+
+/* The "on_reject" option: server->on_reject calls it with (client, method, target, version,
+ * status, bytes_out, seconds, bytes_in, end, reject) for every exchange answered below the
+ * bridge, from any thread (the GIL is taken). The server borrows it: the caller holds
+ * *held (a new reference). 0, or -1 with an exception. */
+int ph_reject_options(ph_server_t *server, PyObject *opts, PyObject **held);
+
 /* The servers' on_conn hook: the protocol --http asks for on a new connection. */
 int ph_attach_protocol(ph_server_t *server, ph_conn_t *conn);
 
@@ -99,15 +108,21 @@ static inline PyObject *ph_method_str(ph_state_t *st, ph_slice_t m)
     return PyUnicode_DecodeLatin1(m.base, (Py_ssize_t)m.len, NULL);
 }
 
-/* Calls the server's log_exception(message, exc or None); a failure there is unraisable. */
-static inline void ph_log_exception(PyObject *log_fn, const char *msg, PyObject *exc)
+/* Calls the server's log_exception(message, exc or None, client_gone); a failure there is
+ * unraisable. Returns 1 when it was logged as an app error (not a client that left). */
+static inline int ph_log_exception(PyObject *log_fn, const char *msg, PyObject *exc,
+                                   int client_gone)
 {
     PyObject *m = PyUnicode_FromString(msg);
-    PyObject *r = m ? PyObject_CallFunctionObjArgs(log_fn, m, exc ? exc : Py_None, NULL) : NULL;
+    PyObject *r = m ? PyObject_CallFunction(log_fn, "OOO", m, exc ? exc : Py_None,
+                                            client_gone ? Py_True : Py_False)
+                    : NULL;
     if (r == NULL)
         PyErr_WriteUnraisable(log_fn);
+    int app_error = r == NULL || r != Py_False;
     Py_XDECREF(r);
     Py_XDECREF(m);
+    return app_error;
 }
 
 /* The first X-Forwarded-For and X-Forwarded-Proto values as bytes (NULL when absent). 0, or -1

@@ -83,6 +83,11 @@ int ph_conn_start(ph_conn_t *conn)
     server->conns = conn;
     server->nconns++;
     ph_server_count_conns(server);
+    conn->speaks = -1;
+    conn->why = NULL;
+    if (server->beat)
+        server->beat->m.conns_total++;
+    ph_server_debug(server, conn, "connection open");
     if (!conn->is_unix)
         uv_tcp_nodelay(&conn->h.tcp, 1);
     conn->tls = NULL;
@@ -166,6 +171,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     ph_conn_t *conn = s->data;
     if (nread == 0 || conn->state == PH_CONN_CLOSED)
         return;
+    if (nread > 0)
+        ph_server_count_bytes(conn->server, (uint64_t)nread, 0);
     if (nread < 0) {
         conn->eof = 1;
         update_reading(conn);
@@ -313,6 +320,7 @@ static int write_now(ph_conn_t *conn, const uv_buf_t *bufs, unsigned nbufs, size
 {
     size_t done = 0;
     conn->nwrites++;
+    ph_server_count_bytes(conn->server, 0, total);
     if (conn->wqueued == 0) {
         int n = uv_try_write(&conn->h.stream, bufs, nbufs);
         if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS)
@@ -541,6 +549,7 @@ static void pump(ph_conn_t *conn)
                 conn->squeued -= (size_t)n;
                 conn->wtotal += (uint64_t)n; /* progress, for the write timeout */
                 conn->nwrites++;
+                ph_server_count_bytes(conn->server, 0, (uint64_t)n);
                 continue;
             }
             if (n == 0) {
@@ -769,6 +778,13 @@ static void finish(ph_conn_t *conn)
         conn->next->prev = conn->prev;
     server->nconns--;
     ph_server_count_conns(server);
+    ph_conn_speaks(conn, -1);
+    if (server->debug) {
+        const char *why = conn->why ? conn->why : conn->eof ? "client closed" : "closed";
+        char line[96];
+        snprintf(line, sizeof(line), "connection closed (%s)", why);
+        server->debug(server, conn, line);
+    }
     segs_free(conn);
     if (conn->proto)
         conn->proto->on_close(conn);
@@ -801,9 +817,7 @@ void ph_conn_abort(ph_conn_t *conn)
 
 static void debug(ph_conn_t *conn, const char *what)
 {
-    ph_server_t *server = conn->server;
-    if (server->debug)
-        server->debug(server, conn, what);
+    ph_server_debug(conn->server, conn, what);
 }
 
 /* The handshake failed: the alert (if any) goes out and the connection closes. A client that

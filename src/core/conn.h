@@ -84,8 +84,20 @@ struct ph_conn_s {
     unsigned tls_ready : 1, tls_notified : 1;
     int handles_open; /* while closed: handles whose close callback is still to come */
     int is_unix;
+    int speaks;      /* PH_PROTO_* it is counted under (ph_conn_speaks), -1: none yet */
+    const char *why; /* set by the protocol before it closes: the reason debug lines give */
     struct sockaddr_storage peer, local;
 };
+
+/* What the connection speaks from now on (PH_PROTO_*, -1: nothing), for the open-connection
+ * counters. */
+static inline void ph_conn_speaks(ph_conn_t *conn, int proto)
+{
+    if (conn->speaks != proto) {
+        ph_server_count_proto(conn->server, conn->speaks, proto);
+        conn->speaks = proto;
+    }
+}
 
 /* Takes an accepted stream handle (already uv_accept()ed into conn->h): sets up buffers and the
  * timers, links the connection into the server, starts reading and attaches the protocol

@@ -55,6 +55,11 @@ typedef struct {
     int counting;
     char last2[2]; /* the last two bytes llhttp consumed, for checks that span two reads */
     int event;
+    int method_done; /* the request line's method was read (for a rejection's log line) */
+    size_t url_kept; /* bytes of the target in the arena (a 414 keeps those under the limit) */
+    /* While a parse error is answered: this execute()'s input, when the request began in it
+     * (what the log line shows of a request llhttp stopped reading). */
+    ph_slice_t err_raw;
     int err_status; /* set by a callback that fails the request */
     const char *err_text;
 
@@ -218,6 +223,8 @@ static int cb_message_begin(llhttp_t *p)
     h->arena_len = 0;
     h->nheaders = 0;
     h->url_len = 0;
+    h->url_kept = 0;
+    h->method_done = 0;
     h->head_bytes = 0;
     h->last_was_value = 1;
     h->value_done = 1;
@@ -253,13 +260,27 @@ static int cb_method(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+static int cb_method_complete(llhttp_t *p)
+{
+    ((h1_t *)p->data)->method_done = 1;
+    return 0;
+}
+
 static int cb_url(llhttp_t *p, const char *at, size_t len)
 {
     h1_t *h = p->data;
+    size_t limit = h->server->cfg.limit_request_line;
     h->url_len += len;
-    if (h->url_len > h->server->cfg.limit_request_line)
+    if (h->url_len > limit) {
+        size_t keep = len - (h->url_len - limit); /* the log line shows the start of it */
+        if (keep && arena_add(h, at, keep, 0) == 0)
+            h->url_kept += keep;
         return user_error(h, 414, "Request-target too long");
-    return arena_add(h, at, len, 0) < 0 ? user_error(h, 500, "Out of memory") : 0;
+    }
+    if (arena_add(h, at, len, 0) < 0)
+        return user_error(h, 500, "Out of memory");
+    h->url_kept += len;
+    return 0;
 }
 
 /* Trailer fields of a chunked request: kept (names lower-cased) for the bridge, under the same
@@ -779,6 +800,7 @@ static void on_headers(h1_t *h)
         return;
     r->websocket = ws;
     h->stream.ops = &h1_ops;
+    h->stream.answered = 0;
     h->stream.handler = NULL;
     h->stream.user = NULL;
     h->stream.peer = &h->conn->peer;
@@ -851,7 +873,20 @@ static int parse_error_status(h1_t *h, llhttp_errno_t err, const char **text)
         return 400;
     case HPE_INVALID_VERSION: *text = "Invalid HTTP version"; return 400;
     case HPE_INVALID_METHOD: *text = "Invalid or unsupported method"; return 400;
-    default: *text = llhttp_get_error_reason(&h->parser); return 400;
+    /* Our own words for every answer: llhttp's reasons name its internals
+     * ("Pause on PRI/Upgrade"), which are no business of a client's. */
+    case HPE_PAUSED_H2_UPGRADE: *text = "HTTP/2 is not served on this connection"; return 400;
+    case HPE_INVALID_URL: *text = "Invalid request target"; return 400;
+    case HPE_INVALID_HEADER_TOKEN: *text = "Invalid header field"; return 400;
+    case HPE_INVALID_CONTENT_LENGTH: *text = "Invalid Content-Length"; return 400;
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        *text = "Content-Length together with Transfer-Encoding";
+        return 400;
+    case HPE_INVALID_CHUNK_SIZE: *text = "Invalid chunk size"; return 400;
+    case HPE_CR_EXPECTED:
+    case HPE_LF_EXPECTED: *text = "Invalid line ending"; return 400;
+    case HPE_UNEXPECTED_SPACE: *text = "Unexpected whitespace"; return 400;
+    default: *text = "Malformed request"; return 400;
     }
 }
 
@@ -943,6 +978,7 @@ static void process(h1_t *h)
         resumed = 0;
         const char *p = c->rbuf ? c->rbuf + c->rstart : "";
         h->event = EV_NONE;
+        int line_here = !h->in_message; /* a request (line) starts in this input */
         llhttp_errno_t err = llhttp_execute(&h->parser, p, avail);
         const char *pos = err == HPE_OK ? p + avail : llhttp_get_error_pos(&h->parser);
         size_t used = (pos && pos >= p && pos <= p + avail) ? (size_t)(pos - p) : avail;
@@ -1006,7 +1042,10 @@ static void process(h1_t *h)
                 text = "Method not implemented";
             }
         }
+        if (line_here)
+            h->err_raw = (ph_slice_t){p, avail};
         fail(h, status, text);
+        h->err_raw = (ph_slice_t){NULL, 0};
         break;
     }
     h->processing = 0;
@@ -1055,7 +1094,7 @@ static void write_simple(h1_t *h, int status, const char *text, const char *head
         bufs[nb++] = buf_of(header_line, strlen(header_line));
     const ph_config_t *cfg = &h->server->cfg;
     if (cfg->server_header)
-        bufs[nb++] = buf_of("server: pronghorn\r\n", 19);
+        bufs[nb++] = buf_of(cfg->server_line.base, cfg->server_line.len);
     char date[6 + PH_DATE_LEN + 4];
     if (cfg->date_header) {
         memcpy(date, "date: ", 6);
@@ -1067,6 +1106,37 @@ static void write_simple(h1_t *h, int status, const char *text, const char *head
     }
     bufs[nb++] = buf_of(body, bl + 1);
     ph_conn_write(h->conn, bufs, nb);
+}
+
+/* A request no bridge saw, answered here: its line in the access log, and the counters. */
+static void record_reject(h1_t *h, int status)
+{
+    const llhttp_t *p = &h->parser;
+    ph_exchange_t x = {.status = status, .end = PH_END_REJECTED};
+    x.reject = ph_reject_reason(status);
+    if (h->method_done) {
+        const char *m = llhttp_method_name((llhttp_method_t)p->method);
+        x.method = (ph_slice_t){m, strlen(m)};
+    }
+    x.target = (ph_slice_t){h->arena, h->url_kept < 1024 ? h->url_kept : 1024};
+    if ((!h->method_done || !h->url_kept) && h->err_raw.len) {
+        /* llhttp stopped inside the request line: what of it came, as it came */
+        const char *q = h->err_raw.base, *end = q + h->err_raw.len;
+        while (q < end && (*q == '\r' || *q == '\n'))
+            q++;
+        const char *m = q;
+        while (q < end && *q != ' ' && *q != '\r' && *q != '\n')
+            q++;
+        x.method = (ph_slice_t){m, (size_t)(q - m) < 32 ? (size_t)(q - m) : 32};
+        const char *t = q < end && *q == ' ' ? ++q : q;
+        while (q < end && *q != ' ' && *q != '\r' && *q != '\n' && q - t < 1024)
+            q++;
+        x.target = (ph_slice_t){t, (size_t)(q - t)};
+    }
+    x.version = p->http_major == 1 && p->http_minor == 0 ? 10 : 11;
+    x.bytes_in = h->body_received;
+    x.bytes_out = strlen(ph_status_reason(status)); /* about: the text is the body */
+    ph_server_reject(h->server, &h->conn->peer, &x);
 }
 
 /* The request failed below the app: answer with status if nothing was sent yet (with
@@ -1083,6 +1153,12 @@ static void fail_with(h1_t *h, int status, const char *text, const char *header_
         close_conn(h, 1); /* the request was answered; its tail was bad */
         return;
     }
+    if (h->conn->why == NULL)
+        h->conn->why = text ? text : ph_status_reason(status);
+    if (h->stream_open)
+        h->stream.answered = status; /* the bridge logs the request with what the client got */
+    else if (h->in_message || status == 503)
+        record_reject(h, status);
     disconnect_stream(h);
     write_simple(h, status, text ? text : ph_status_reason(status), header_line);
     close_conn(h, 1);
@@ -1171,7 +1247,7 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
         rv |= OUT_LIT(h, "\r\n");
     }
     if (cfg->server_header && !has_server)
-        rv |= OUT_LIT(h, "server: pronghorn\r\n");
+        rv |= out_add(h, cfg->server_line.base, cfg->server_line.len);
     if (cfg->date_header && !has_date) {
         rv |= OUT_LIT(h, "date: ");
         rv |= out_add(h, ph_date_now(), PH_DATE_LEN);
@@ -1277,6 +1353,7 @@ static int tunnel_out(h1_t *h, const char *data, size_t len, int more)
     if (opening) {
         h->resp_state = RESP_BODY;
         h->tunnel = 1;
+        ph_conn_speaks(h->conn, PH_PROTO_WEBSOCKET);
         h->keep_alive = 0;
         h->olen = 0;
         /* No deadline of ours from here: the bridge's pings watch the peer. Input that came
@@ -1602,6 +1679,7 @@ static void on_timeout(ph_conn_t *conn)
         fail(h, 408, "Request header timeout");
         return;
     }
+    h->conn->why = "keep-alive timeout";
     close_conn(h, 0); /* idle too long (keep-alive), or only empty lines came */
 }
 
@@ -1633,9 +1711,10 @@ static void drain(ph_conn_t *conn)
     }
     if (!h->stream_open && h->in_message && !h->headers_done)
         return; /* a head on its way: it gets its answer (the header timeout bounds it) */
-    if (!h->stream_open)
+    if (!h->stream_open) {
+        h->conn->why = "shutting down";
         close_conn(h, h->in_message); /* idle, or dropping an unread body: go now */
-    else if (h->tunnel && h->stream.handler && h->stream.handler->on_goaway)
+    } else if (h->tunnel && h->stream.handler && h->stream.handler->on_goaway)
         h->stream.handler->on_goaway(&h->stream);
 }
 
@@ -1671,6 +1750,7 @@ int ph_h1_attach(ph_conn_t *conn)
         llhttp_settings_init(&settings);
         settings.on_message_begin = cb_message_begin;
         settings.on_method = cb_method;
+        settings.on_method_complete = cb_method_complete;
         settings.on_url = cb_url;
         settings.on_header_field = cb_header_field;
         settings.on_header_value = cb_header_value;
@@ -1693,6 +1773,7 @@ int ph_h1_attach(ph_conn_t *conn)
     h->fresh = conn->server->cfg.http == PH_HTTP_AUTO && conn->tls == NULL;
     conn->proto = &h1_proto;
     conn->proto_data = h;
+    ph_conn_speaks(conn, PH_PROTO_HTTP1);
     /* A new connection owes its first request head within the header timeout. */
     start_head_timer(h);
     if (conn->server->draining)

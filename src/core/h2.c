@@ -423,7 +423,7 @@ static ph_slice_t pseudo(h2_stream_t *st, int i)
 enum { P_METHOD, P_PATH, P_SCHEME, P_AUTHORITY, P_PROTOCOL };
 
 /* Answers a stream the bridge never saw (a refusal below the app). */
-static void respond_simple(h2_stream_t *st, int status)
+static void send_simple(h2_stream_t *st, int status)
 {
     char code[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
                     (char)('0' + status % 10), 0};
@@ -443,6 +443,25 @@ static void respond_simple(h2_stream_t *st, int status)
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
     if (nghttp2_submit_response(st->h2->ss, st->id, nv, 2, &dp) != 0)
         nghttp2_submit_rst_stream(st->h2->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+}
+
+/* A request answered here, not by the app: one the bridge has learns what the client got
+ * (the bridge logs it); one it never saw is logged and counted as a rejection. */
+static void respond_simple(h2_stream_t *st, int status)
+{
+    if (st->attached) {
+        st->stream.answered = status;
+        detach(st, 1);
+    } else {
+        ph_exchange_t x = {.status = status, .end = PH_END_REJECTED, .version = 20};
+        x.reject = ph_reject_reason(status);
+        x.method = pseudo(st, P_METHOD);
+        x.target = pseudo(st, P_PATH);
+        x.bytes_in = st->body_received;
+        x.bytes_out = strlen(ph_status_reason(status));
+        ph_server_reject(st->h2->server, &st->h2->conn->peer, &x);
+    }
+    send_simple(st, status);
 }
 
 /* The request head is whole: make it a ph_request_t and hand it to the bridge. */
@@ -568,6 +587,7 @@ static void open_stream(h2_stream_t *st, int end_stream)
     if (!end_stream && r->content_length < 0)
         r->chunked = 1; /* length unknown: read to the end of the stream */
     st->stream.ops = &h2_ops;
+    st->stream.answered = 0;
     st->stream.handler = NULL;
     st->stream.user = NULL;
     st->stream.peer = &h->conn->peer;
@@ -734,7 +754,6 @@ static int on_data(nghttp2_session *ss, uint8_t flags, int32_t id, const uint8_t
     uint64_t limit = h->server->cfg.limit_request_body;
     if (limit && st->body_received > limit) {
         if (!st->started) {
-            detach(st, 1);
             respond_simple(st, 413);
         } else {
             nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
@@ -935,7 +954,8 @@ static int op_start(ph_stream_t *s, int status, const ph_header_t *hs, size_t n)
     }
     const ph_config_t *cfg = &st->h2->server->cfg;
     if (rv == 0 && cfg->server_header && !has_server)
-        rv = fields_add(&st->resp, "server", 6, "pronghorn", 9, 1);
+        rv = fields_add(&st->resp, "server", 6, cfg->server_line.base + 8,
+                        cfg->server_line.len - 10, 1);
     if (rv == 0 && cfg->date_header && !has_date)
         rv = fields_add(&st->resp, "date", 4, ph_date_now(), PH_DATE_LEN, 1);
     /* --header lines, pre-serialised as "name: value\r\n" for HTTP/1.1 */
@@ -1271,7 +1291,6 @@ static void on_timeout(ph_conn_t *conn)
             if (!st->head_done || !reading(st))
                 continue;
             if (!st->submitted) {
-                detach(st, 1);
                 respond_simple(st, 408);
             } else {
                 nghttp2_submit_rst_stream(h->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
@@ -1345,7 +1364,6 @@ static void expire(ph_conn_t *conn)
             nghttp2_submit_rst_stream(h->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
             detach(st, 1);
         } else {
-            detach(st, 1);
             st->resp.n = 0;
             respond_simple(st, 503);
         }
@@ -1442,6 +1460,7 @@ static void take_over(ph_conn_t *conn, h2_t *h)
 {
     conn->proto = &h2_proto;
     conn->proto_data = h;
+    ph_conn_speaks(conn, PH_PROTO_HTTP2);
     if (conn->rlen > conn->rstart)
         ph_loop_defer(h->server->loop, &h->read_later);
     if (h->server->draining)

@@ -1,6 +1,7 @@
 #include "listener.h"
 
 #include <stdlib.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* Takes the connection libuv accepted (uv_accept) and starts it. */
@@ -31,7 +32,12 @@ static void take(ph_listener_t *l)
         uv_tcp_getsockname(&conn->h.tcp, (struct sockaddr *)&conn->local, &len);
     } else {
         conn->peer.ss_family = AF_UNIX;
-        conn->local.ss_family = AF_UNIX;
+        struct sockaddr_un *u = (struct sockaddr_un *)&conn->local;
+        u->sun_family = AF_UNIX;
+        size_t n = sizeof(u->sun_path) - 1; /* the listener's path, for scope["server"] */
+        if (uv_pipe_getsockname(&conn->h.pipe, u->sun_path, &n) < 0)
+            n = 0;
+        u->sun_path[n] = '\0';
     }
     size_t max = server->cfg.limit_max_connections;
     if (max && server->nconns >= max) {
@@ -42,6 +48,9 @@ static void take(ph_listener_t *l)
         uv_buf_t b = {.base = (char *)busy, .len = sizeof(busy) - 1};
         if (server->tls == NULL)
             uv_try_write(&conn->h.stream, &b, 1);
+        ph_exchange_t x = {
+            .status = 503, .end = PH_END_REJECTED, .version = 11, .reject = PH_REJECT_CONNECTIONS};
+        ph_server_reject(server, &conn->peer, &x);
         uv_close(&conn->h.handle, (uv_close_cb)free);
         return;
     }

@@ -5,7 +5,9 @@
 #include "tls.h"
 #include "wsgi.h"
 
+#include <arpa/inet.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* ---- reactor <-> asyncio ---- */
 
@@ -101,6 +103,43 @@ static PyObject *opt_obj(PyObject *opts, const char *key)
 {
     PyObject *v = PyDict_GetItemString(opts, key);
     return (v == NULL || v == Py_None) ? NULL : Py_NewRef(v);
+}
+
+static void on_reject(ph_server_t *server, const struct sockaddr_storage *peer,
+                      const ph_exchange_t *x)
+{
+    char client[INET6_ADDRSTRLEN + 16] = "-";
+    if (peer->ss_family != AF_UNIX)
+        ph_peer_text(peer, client, sizeof(client));
+    const char *version = x->version == 20 ? "2" : x->version == 10 ? "1.0" : "1.1";
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *method = x->method.len
+                           ? PyUnicode_DecodeLatin1(x->method.base, (Py_ssize_t)x->method.len, NULL)
+                           : PyUnicode_FromString("-");
+    PyObject *r = method ? PyObject_CallFunction(server->reject_data, "sOy#siKdKii", client, method,
+                                                 x->target.base ? x->target.base : "",
+                                                 (Py_ssize_t)x->target.len, version, x->status,
+                                                 (unsigned long long)x->bytes_out, x->seconds,
+                                                 (unsigned long long)x->bytes_in, x->end, x->reject)
+                         : NULL;
+    if (r == NULL)
+        PyErr_WriteUnraisable(server->reject_data);
+    Py_XDECREF(r);
+    Py_XDECREF(method);
+    PyGILState_Release(g);
+}
+
+int ph_reject_options(ph_server_t *server, PyObject *opts, PyObject **held)
+{
+    *held = opt_obj(opts, "on_reject");
+    if (*held && !PyCallable_Check(*held)) {
+        Py_CLEAR(*held);
+        PyErr_SetString(PyExc_TypeError, "on_reject must be callable");
+        return -1;
+    }
+    server->on_reject = *held ? on_reject : NULL;
+    server->reject_data = *held;
+    return 0;
 }
 
 int ph_beat_options(ph_server_t *server, PyObject *opts, PyObject **held)
@@ -224,15 +263,24 @@ int ph_server_options(ph_server_t *server, PyObject *opts, PyObject **extra_head
     cfg->h2_initial_window_size = (uint32_t)h2w;
     cfg->h2_max_header_list_size = (uint32_t)h2h;
     cfg->h2_max_frame_size = (uint32_t)h2f;
-    *extra_headers = opt_obj(opts, "extra_headers");
-    if (*extra_headers) {
-        if (!PyBytes_Check(*extra_headers)) {
-            PyErr_SetString(PyExc_TypeError, "extra_headers must be bytes");
-            return -1;
-        }
-        cfg->extra_headers = (ph_slice_t){PyBytes_AS_STRING(*extra_headers),
-                                          (size_t)PyBytes_GET_SIZE(*extra_headers)};
+    /* One held bytes object: "server: <value>\r\n" followed by the extra header lines. */
+    PyObject *extra = PyDict_GetItemString(opts, "extra_headers");
+    PyObject *name = PyDict_GetItemString(opts, "server_value");
+    if ((extra && extra != Py_None && !PyBytes_Check(extra)) ||
+        (name && name != Py_None && !PyBytes_Check(name))) {
+        PyErr_SetString(PyExc_TypeError, "extra_headers and server_value must be bytes");
+        return -1;
     }
+    *extra_headers = PyBytes_FromFormat(
+        "server: %s\r\n%s", name && name != Py_None ? PyBytes_AS_STRING(name) : "pronghorn",
+        extra && extra != Py_None ? PyBytes_AS_STRING(extra) : "");
+    if (*extra_headers == NULL)
+        return -1;
+    const char *all = PyBytes_AS_STRING(*extra_headers);
+    size_t total = (size_t)PyBytes_GET_SIZE(*extra_headers);
+    size_t first = (size_t)(strstr(all, "\r\n") - all) + 2;
+    cfg->server_line = (ph_slice_t){all, first};
+    cfg->extra_headers = (ph_slice_t){all + first, total - first};
     *root_path = opt_obj(opts, "root_path");
     if (*root_path == NULL)
         *root_path = PyUnicode_FromString("");
@@ -272,12 +320,18 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
     if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0 ||
         ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0 ||
-        ph_beat_options(&srv->server, opts, &srv->beat_held) < 0)
+        ph_beat_options(&srv->server, opts, &srv->beat_held) < 0 ||
+        ph_reject_options(&srv->server, opts, &srv->reject_held) < 0)
         goto fail;
     srv->root_path_bytes = PyUnicode_AsUTF8String(srv->root_path);
     if (srv->root_path_bytes == NULL)
         goto fail;
     srv->access_log = opt_obj(opts, "access_log");
+    srv->trace = opt_obj(opts, "trace");
+    PyObject *lh = PyDict_GetItemString(opts, "access_log_headers");
+    srv->log_headers = lh ? PyObject_IsTrue(lh) : 0;
+    if (srv->log_headers < 0)
+        goto fail;
     srv->log_exception = opt_obj(opts, "log_exception");
     srv->proxy = opt_obj(opts, "proxy");
     if (srv->log_exception == NULL) {
@@ -296,6 +350,8 @@ static int server_traverse(ph_pyserver_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->app);
     Py_VISIT(srv->tls_held);
     Py_VISIT(srv->beat_held);
+    Py_VISIT(srv->reject_held);
+    Py_VISIT(srv->trace);
     Py_VISIT(srv->aloop);
     Py_VISIT(srv->state);
     Py_VISIT(srv->access_log);
@@ -327,6 +383,7 @@ static int server_clear(ph_pyserver_t *srv)
     Py_CLEAR(srv->aloop);
     Py_CLEAR(srv->state);
     Py_CLEAR(srv->access_log);
+    Py_CLEAR(srv->trace);
     Py_CLEAR(srv->log_exception);
     Py_CLEAR(srv->proxy);
     Py_CLEAR(srv->tick);
@@ -361,6 +418,7 @@ static void server_dealloc(ph_pyserver_t *srv)
     Py_CLEAR(srv->root_path);
     Py_CLEAR(srv->tls_held);
     Py_CLEAR(srv->beat_held);
+    Py_CLEAR(srv->reject_held);
     Py_CLEAR(srv->root_path_bytes);
     Py_CLEAR(srv->extra_headers);
     tp->tp_free(srv);
@@ -668,6 +726,8 @@ static int module_exec(PyObject *m)
     st->server_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &server_spec, NULL);
     if (st->server_type == NULL || PyModule_AddType(m, st->server_type) < 0)
         return -1;
+    if (PyModule_AddIntConstant(m, "BEAT_SIZE", (long)sizeof(ph_beat_t)) < 0)
+        return -1;
     if (ph_asgi_init_types(m, st) < 0 || ph_wsgi_init_types(m, st) < 0 ||
         ph_pytls_init_types(m, st) < 0)
         return -1;
@@ -700,6 +760,78 @@ static void module_free(void *m)
     module_clear((PyObject *)m);
 }
 
+/* read_beat(buffer, offset): one worker's slot of a heartbeat page as a dict (the counters
+ * of ph_metrics_t by name), for the supervisor and the metrics endpoint. */
+static PyObject *read_beat(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    Py_buffer b;
+    Py_ssize_t off;
+    if (!PyArg_ParseTuple(args, "y*n", &b, &off))
+        return NULL;
+    if (off < 0 || off % 8 || (size_t)off + sizeof(ph_beat_t) > (size_t)b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "read_beat: offset out of the page");
+        return NULL;
+    }
+    ph_beat_t v;
+    memcpy(&v, (const char *)b.buf + off, sizeof(v)); /* one copy, then no more reads */
+    PyBuffer_Release(&b);
+    v.last[sizeof(v.last) - 1] = '\0';
+    const ph_metrics_t *m = &v.m;
+    PyObject *resp = PyList_New(PH_METRIC_METHODS);
+    PyObject *dur = PyList_New(PH_METRIC_BUCKETS);
+    PyObject *ends = PyList_New(PH_ENDS);
+    PyObject *rej = PyList_New(PH_REJECTS);
+    PyObject *open = PyList_New(PH_PROTOS);
+    PyObject *bounds = PyList_New(PH_METRIC_BUCKETS);
+    PyObject *d = NULL;
+    if (!resp || !dur || !ends || !rej || !open || !bounds)
+        goto out;
+    for (int i = 0; i < PH_METRIC_METHODS; i++) {
+        PyObject *row =
+            Py_BuildValue("[KKKKKK]", m->responses[i][0], m->responses[i][1], m->responses[i][2],
+                          m->responses[i][3], m->responses[i][4], m->responses[i][5]);
+        if (row == NULL)
+            goto out;
+        PyList_SET_ITEM(resp, i, row);
+    }
+#define FILL(list, n, expr)                                                                        \
+    for (int i = 0; i < (n); i++) {                                                                \
+        PyObject *x = PyLong_FromUnsignedLongLong(expr);                                           \
+        if (x == NULL)                                                                             \
+            goto out;                                                                              \
+        PyList_SET_ITEM(list, i, x);                                                               \
+    }
+    FILL(dur, PH_METRIC_BUCKETS, m->duration[i])
+    FILL(ends, PH_ENDS, m->ends[i])
+    FILL(rej, PH_REJECTS, m->rejected[i])
+    FILL(open, PH_PROTOS, m->conns_open[i])
+    FILL(bounds, PH_METRIC_BUCKETS, ph_metric_bounds_us[i])
+#undef FILL
+    d = Py_BuildValue("{sKsKsKsKsKsssOsOsKsOsOsKsKsOsKsKsKsO}", "beat_ns", v.beat_ns, "requests",
+                      v.requests, "streams", v.streams, "conns", v.conns, "accepting", v.accepting,
+                      "last", v.last, "responses", resp, "duration", dur, "duration_sum_us",
+                      m->duration_sum_us, "ends", ends, "rejected", rej, "app_errors",
+                      m->app_errors, "conns_total", m->conns_total, "conns_open", open, "bytes_in",
+                      m->bytes_in, "bytes_out", m->bytes_out, "loop_lag_us", m->loop_lag_us,
+                      "bounds_us", bounds);
+out:
+    Py_XDECREF(resp);
+    Py_XDECREF(dur);
+    Py_XDECREF(ends);
+    Py_XDECREF(rej);
+    Py_XDECREF(open);
+    Py_XDECREF(bounds);
+    return d;
+}
+
+static PyMethodDef module_methods[] = {
+    {"read_beat", read_beat, METH_VARARGS,
+     "read_beat(page, offset): a worker's heartbeat slot and counters as a dict."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
     {0, NULL},
@@ -711,6 +843,7 @@ static struct PyModuleDef module_def = {
     .m_doc = "pronghorn's C core: libuv reactor, HTTP/1.1 (llhttp) and the ASGI bridge.",
     .m_size = sizeof(ph_state_t),
     .m_slots = module_slots,
+    .m_methods = module_methods,
     .m_traverse = module_traverse,
     .m_clear = module_clear,
     .m_free = module_free,

@@ -137,7 +137,7 @@ int ph_pytls_init_types(PyObject *m, ph_state_t *st)
 /* ---- debug lines ---- */
 
 /* "host:port" of a peer, or "unix" */
-static void peer_text(const struct sockaddr_storage *ss, char *out, size_t len)
+void ph_peer_text(const struct sockaddr_storage *ss, char *out, size_t len)
 {
     char host[INET6_ADDRSTRLEN] = "?";
     int port = 0;
@@ -160,7 +160,7 @@ static void peer_text(const struct sockaddr_storage *ss, char *out, size_t len)
 static void on_debug(ph_server_t *server, ph_conn_t *conn, const char *what)
 {
     char peer[INET6_ADDRSTRLEN + 16];
-    peer_text(&conn->peer, peer, sizeof(peer));
+    ph_peer_text(&conn->peer, peer, sizeof(peer));
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *r = PyObject_CallFunction(server->debug_data, "ss", peer, what);
     if (r == NULL)

@@ -23,6 +23,7 @@ void ph_server_init(ph_server_t *server, ph_loop_t *loop)
     c->limit_request_headers = 100;
     c->limit_request_header_size = 65536;
     c->server_header = 1;
+    c->server_line = PH_SLICE_LIT("server: pronghorn\r\n");
     c->date_header = 1;
     c->write_high_water = 65536;
     c->http = PH_HTTP_AUTO;
@@ -53,16 +54,81 @@ int ph_server_add_listener(ph_server_t *server, int fd, int is_unix, int backlog
     return 0;
 }
 
-static void beat(ph_server_t *server)
+const uint64_t ph_metric_bounds_us[PH_METRIC_BUCKETS] = {
+    1000,   2500,   5000,    10000,   25000,   50000,    100000,
+    250000, 500000, 1000000, 2500000, 5000000, 10000000, UINT64_MAX};
+
+int ph_reject_reason(int status)
+{
+    switch (status) {
+    case 400: return PH_REJECT_MALFORMED;
+    case 408: return PH_REJECT_TIMEOUT;
+    case 413: return PH_REJECT_BODY;
+    case 414: return PH_REJECT_TARGET;
+    case 431: return PH_REJECT_HEADERS;
+    case 501: return PH_REJECT_METHOD;
+    case 426:
+    case 505: return PH_REJECT_VERSION;
+    case 503: return PH_REJECT_SHUTDOWN;
+    default: return PH_REJECT_OTHER;
+    }
+}
+
+static int method_index(ph_slice_t m)
+{
+    static const char *const names[PH_METRIC_METHODS - 1] = {"GET",    "HEAD",  "POST",   "PUT",
+                                                             "DELETE", "PATCH", "OPTIONS"};
+    for (int i = 0; i < PH_METRIC_METHODS - 1; i++)
+        if (strlen(names[i]) == m.len && memcmp(names[i], m.base, m.len) == 0)
+            return i;
+    return PH_METRIC_METHODS - 1;
+}
+
+void ph_server_count(ph_server_t *server, const ph_exchange_t *x)
+{
+    if (server->beat == NULL)
+        return;
+    ph_metrics_t *m = &server->beat->m;
+    int cls = x->status >= 100 && x->status < 600 ? x->status / 100 : 0;
+    m->responses[method_index(x->method)][cls]++;
+    uint64_t us = x->seconds > 0 ? (uint64_t)(x->seconds * 1e6) : 0;
+    int b = 0;
+    while (us > ph_metric_bounds_us[b])
+        b++;
+    m->duration[b]++;
+    m->duration_sum_us += us;
+    m->ends[x->end >= 0 && x->end < PH_ENDS ? x->end : PH_END_OK]++;
+    if (x->end == PH_END_REJECTED)
+        m->rejected[x->reject > 0 && x->reject < PH_REJECTS ? x->reject : PH_REJECT_OTHER]++;
+}
+
+void ph_server_reject(ph_server_t *server, const struct sockaddr_storage *peer,
+                      const ph_exchange_t *x)
+{
+    ph_server_count(server, x);
+    if (server->on_reject)
+        server->on_reject(server, peer, x);
+}
+
+static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void beat(ph_server_t *server)
+{
+    uint64_t now = now_ns();
     ph_beat_t *b = server->beat;
     b->requests = server->nrequests;
     b->streams = server->nstreams;
     b->conns = server->nconns;
-    b->accepting = !server->draining;
-    b->beat_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    b->accepting = !server->draining && !server->drain_queued;
+    /* How late this beat runs: what the event loop made everything else wait. */
+    uint64_t due = b->beat_ns ? b->beat_ns + server->beat_ms * 1000000u : now;
+    b->m.loop_lag_us = now > due ? (now - due) / 1000u : 0;
+    b->beat_ns = now;
 }
 
 static void on_beat(uv_timer_t *t)
@@ -80,6 +146,9 @@ static int start_beat(ph_server_t *server)
     server->beat_open = 1;
     server->beat_timer.data = server;
     uv_unref((uv_handle_t *)&server->beat_timer);
+    /* a slot a retired worker used: its counters were taken when it exited */
+    memset(&server->beat->m, 0, sizeof(server->beat->m));
+    server->beat->beat_ns = 0;
     beat(server);
     return uv_timer_start(&server->beat_timer, on_beat, server->beat_ms, server->beat_ms);
 }
@@ -180,6 +249,8 @@ void ph_server_drain(ph_server_t *server)
     if (server->draining || server->drain_queued)
         return;
     server->drain_queued = 1;
+    if (server->beat) /* not ready from now on (/readyz), though the drain runs a poll later */
+        __atomic_store_n(&server->beat->accepting, 0, __ATOMIC_RELAXED);
     server->drain_work.cb = on_drain_due;
     ph_loop_defer(server->loop, &server->drain_work);
     ph_loop_touch(server->loop);

@@ -16,6 +16,7 @@ typedef struct ph_stream_s ph_stream_t;
 typedef struct ph_server_s ph_server_t;
 typedef struct ph_listener_s ph_listener_t;
 struct ph_tls_ctx_s;
+struct sockaddr_storage;
 
 #define PH_RBUF_SIZE 16384
 #define PH_BLOCK_SIZE 2048
@@ -33,7 +34,8 @@ typedef struct {
     uint64_t limit_request_body;        /* bytes, 413 beyond; 0 = none */
     size_t limit_concurrency;           /* streams in flight, 503 beyond; 0 = none */
     size_t limit_max_connections;       /* open connections, 503 and close beyond; 0 = none */
-    int server_header;                  /* add "server: pronghorn" */
+    int server_header;                  /* add server_line unless the app sent a Server */
+    ph_slice_t server_line;             /* "server: <value>\r\n" (pronghorn, or --header Server) */
     int date_header;                    /* add "date: ..." */
     ph_slice_t extra_headers; /* pre-serialised "name: value\r\n" lines, added to every response */
     size_t write_high_water;  /* a stream waits for drain above this many queued bytes */
@@ -52,6 +54,72 @@ typedef struct {
 
 enum { PH_HTTP_AUTO, PH_HTTP_1, PH_HTTP_2 };
 
+/* Why a request was answered below the app (or the bridge's own 503 at a limit). */
+enum {
+    PH_REJECT_NONE,
+    PH_REJECT_MALFORMED,   /* 400 */
+    PH_REJECT_TIMEOUT,     /* 408: the head or the body stopped coming */
+    PH_REJECT_BODY,        /* 413 */
+    PH_REJECT_TARGET,      /* 414 */
+    PH_REJECT_HEADERS,     /* 431 */
+    PH_REJECT_METHOD,      /* 501: a method or a coding not implemented */
+    PH_REJECT_VERSION,     /* 505, 426 */
+    PH_REJECT_CONCURRENCY, /* 503 at --limit-concurrency */
+    PH_REJECT_CONNECTIONS, /* 503 at --limit-max-connections */
+    PH_REJECT_SHUTDOWN,    /* 503 at the shutdown deadline */
+    PH_REJECT_OTHER,       /* 500 below the app (out of memory) */
+    PH_REJECTS
+};
+
+/* How an exchange ended. */
+enum {
+    PH_END_OK,          /* the response went out whole */
+    PH_END_CLIENT_GONE, /* the client left (or broke the protocol) before it was whole */
+    PH_END_APP_ERROR,   /* the app raised after bytes had left: cut short */
+    PH_END_CANCELLED,   /* the app's task was cancelled (at the shutdown deadline, or by itself) */
+    PH_END_INCOMPLETE,  /* the app returned without finishing the response */
+    PH_END_REJECTED,    /* answered below the app (reject says why) */
+    PH_ENDS
+};
+
+/* One exchange, as the access log and the counters see it. */
+typedef struct {
+    ph_slice_t method, target; /* as far as they were read; empty: not at all */
+    int version;               /* 10, 11 or 20 */
+    int status;                /* what the client got; 0: no status line left */
+    int end;                   /* PH_END_* */
+    int reject;                /* PH_REJECT_*, with PH_END_REJECTED */
+    uint64_t bytes_in;         /* request body bytes received */
+    uint64_t bytes_out;        /* response body bytes sent */
+    double seconds;            /* from the complete head (or the first byte) to the end */
+} ph_exchange_t;
+
+/* The reject reason a status answered below the app stands for. */
+int ph_reject_reason(int status);
+
+#define PH_METRIC_METHODS 8  /* GET HEAD POST PUT DELETE PATCH OPTIONS, then the rest */
+#define PH_METRIC_BUCKETS 14 /* request durations: see ph_metric_bounds_us */
+enum { PH_PROTO_HTTP1, PH_PROTO_HTTP2, PH_PROTO_WEBSOCKET, PH_PROTOS };
+
+/* Counters for --metrics-bind, kept by the reactor next to its heartbeat (in the page a
+ * supervisor reads, or a page of a single process's own). Each is written whole by the reactor
+ * alone; readers take them without a lock. */
+typedef struct {
+    uint64_t responses[PH_METRIC_METHODS][6]; /* by method and status class ([0]: no status) */
+    uint64_t duration[PH_METRIC_BUCKETS];     /* per bucket, not cumulative; the last is +Inf */
+    uint64_t duration_sum_us;
+    uint64_t ends[PH_ENDS];
+    uint64_t rejected[PH_REJECTS];
+    uint64_t app_errors;
+    uint64_t conns_total;           /* accepted since the start */
+    uint64_t conns_open[PH_PROTOS]; /* open, by what they speak now */
+    uint64_t bytes_in, bytes_out;   /* on the wire (after TLS), both ways */
+    uint64_t loop_lag_us;           /* how late the last heartbeat ran */
+} ph_metrics_t;
+
+/* The upper bounds of the duration buckets, in microseconds (the last one is +Inf). */
+extern const uint64_t ph_metric_bounds_us[PH_METRIC_BUCKETS];
+
 /* What a supervised worker's reactor publishes to its supervisor, in memory both share: a
  * heartbeat (it stops when the event loop is stuck) and what the worker serves. Word-sized
  * fields, each written whole; the supervisor reads them without a lock. */
@@ -62,6 +130,7 @@ typedef struct {
     uint64_t conns;     /* open connections, kept current (accept balancing reads it) */
     uint64_t accepting; /* 1 while the worker accepts from the shared sockets */
     char last[88];      /* "METHOD target" of the last request opened, cut short, NUL-ended */
+    ph_metrics_t m;
 } ph_beat_t;
 
 /* Workers on one shared listening socket would otherwise take connections as the kernel wakes
@@ -105,10 +174,14 @@ struct ph_server_s {
      * then the protocol ALPN chose. The server does not own it. */
     struct ph_tls_ctx_s *tls;
     char *tls_in; /* ciphertext read buffer (PH_RBUF_SIZE), decrypted at once, so shared */
-    /* A line about a connection that ends below any request (a failed TLS handshake); NULL:
-     * not wanted. */
+    /* A line about a connection (opened, closed and why, a failed TLS handshake); NULL: not
+     * wanted (--log-level debug sets it). */
     void (*debug)(ph_server_t *server, ph_conn_t *conn, const char *what);
     void *debug_data;
+    /* An exchange answered below the bridge (ph_server_reject): its access log line. */
+    void (*on_reject)(ph_server_t *server, const struct sockaddr_storage *peer,
+                      const ph_exchange_t *x);
+    void *reject_data;
     uint64_t nrequests; /* streams opened since the start */
     /* Set (before ph_server_start): the reactor beats into it every beat_ms; the server does
      * not own it. */
@@ -151,6 +224,46 @@ int ph_server_over_share(const ph_server_t *server);
 /* A protocol has a complete request head on s: counts it and hands it to the bridge
  * (on_stream). */
 void ph_server_open_stream(ph_server_t *server, ph_stream_t *s);
+
+/* Counts an exchange that ended (the bridges call it for theirs). */
+void ph_server_count(ph_server_t *server, const ph_exchange_t *x);
+
+/* An exchange answered below the bridge (or by the bridge before any app saw it): counted, and
+ * given to on_reject. peer: the client's address. */
+void ph_server_reject(ph_server_t *server, const struct sockaddr_storage *peer,
+                      const ph_exchange_t *x);
+
+/* Counts wire bytes, connections and what they speak, when there are counters. */
+static inline void ph_server_count_bytes(ph_server_t *server, uint64_t in, uint64_t out)
+{
+    if (server->beat) {
+        server->beat->m.bytes_in += in;
+        server->beat->m.bytes_out += out;
+    }
+}
+
+static inline void ph_server_count_proto(ph_server_t *server, int from, int to)
+{
+    if (server->beat) {
+        if (from >= 0)
+            server->beat->m.conns_open[from]--;
+        if (to >= 0)
+            server->beat->m.conns_open[to]++;
+    }
+}
+
+static inline void ph_server_count_app_error(ph_server_t *server)
+{
+    if (server->beat)
+        server->beat->m.app_errors++;
+}
+
+/* A line for --log-level debug about conn, when wanted. */
+static inline void ph_server_debug(ph_server_t *server, ph_conn_t *conn, const char *what)
+{
+    if (server->debug)
+        server->debug(server, conn, what);
+}
 
 /* Graceful shutdown: stop accepting; idle connections close now, busy ones after their
  * exchange. It happens in the next tick, after libuv polled once more: connections already

@@ -92,6 +92,9 @@ struct ph_stream_s {
     const struct sockaddr_storage *peer, *local;
     const char *scheme;   /* "http" or "https" */
     struct ph_tls_s *tls; /* the connection's TLS session (tls.h), or NULL */
+    /* Set by the protocol before on_disconnect when it answered the request itself (413 for a
+     * body too large, 408, 503 at the shutdown deadline): the status the client got. */
+    int answered;
 };
 
 /* A bridge's own short answer to a stream no app saw (503 at a limit, 500 when memory ran

@@ -86,6 +86,11 @@ typedef struct {
     int has_sendfile;
     double t0;
     char *head_mem;
+    /* reactor only, for the counters: what the stream was given, and how it ended */
+    int out_status, answered;
+    uint64_t out_bytes;
+    unsigned out_body : 1, out_done : 1, out_aborted : 1;
+    uint64_t in_bytes; /* request body bytes received (under srv->mu: the log line reads it) */
 } wreq_t;
 
 /* environ keys every request has (interned once: no hashing per request) */
@@ -135,10 +140,13 @@ struct wsgi_server_s {
     int cmd; /* CMD_* bits */
     int stopping;
     atomic_size_t conns, inflight, running;
+    atomic_size_t app_errors; /* counted by app threads; the reactor publishes it */
     PyObject *app, *access_log, *log_exception, *proxy, *root_path, *errors;
     PyObject *environ_template, *extra_headers;
     PyObject *tls_held;              /* (TLSContext, debug callable) that server borrows */
     PyObject *beat_held;             /* the heartbeat page's memoryview (server.beat) */
+    PyObject *reject_held;           /* the on_reject callable server.on_reject calls */
+    int log_headers;                 /* the access log format names headers: pass them */
     PyObject *hkeys[PH_HNAME_SLOTS]; /* "HTTP_..." environ keys by header name */
     PyObject *keys[NKEYS];
     PyObject *protos[3]; /* "HTTP/1.0" "HTTP/1.1" "HTTP/2" */
@@ -249,9 +257,14 @@ static void respond_error(wreq_t *r, int status)
         {{"content-type", 12}, {"text/plain; charset=utf-8", 25}},
         {{"connection", 10}, {"close", 5}},
     };
+    r->out_status = status; /* counted first: body() may release the stream inside it */
+    r->out_bytes = strlen(text);
+    r->out_body = r->out_done = 1;
     if (s->ops->start(s, status, hs, 2) < 0 || s->ops->body(s, text, strlen(text), 0) < 0) {
         if (r->stream)
             r->stream->ops->abort(r->stream);
+        r->out_body = r->out_done = 0;
+        r->out_aborted = 1;
     }
 }
 
@@ -319,6 +332,7 @@ static void on_body(ph_stream_t *s, const char *data, size_t len)
         r->body_head = c;
     r->body_tail = c;
     r->body_buffered += len;
+    r->in_bytes += len;
     int pause = r->body_buffered > BODY_HIGH_WATER && !r->paused;
     if (pause)
         r->paused = 1;
@@ -355,12 +369,36 @@ static void on_drain(ph_stream_t *s)
 
 static void on_disconnect(ph_stream_t *s)
 {
-    mark_gone(s->user, 0);
+    wreq_t *r = s->user;
+    if (s->answered)
+        r->answered = s->answered;
+    mark_gone(r, 0);
+}
+
+/* The exchange is over for the protocol: counted here, on the reactor (the counters' one
+ * writer); the access line is the app thread's. */
+static void count_end(wreq_t *r)
+{
+    ph_server_t *server = &r->srv->server;
+    if (server->beat == NULL)
+        return;
+    ph_exchange_t x = {.method = r->req.method, .bytes_in = r->in_bytes, .bytes_out = r->out_bytes};
+    x.status = r->out_body ? r->out_status : 0;
+    x.end = r->out_done ? PH_END_OK : r->out_aborted ? PH_END_APP_ERROR : PH_END_CLIENT_GONE;
+    if (r->answered && !r->out_body) {
+        x.status = r->answered;
+        x.end = PH_END_REJECTED;
+        x.reject = ph_reject_reason(r->answered);
+    }
+    x.seconds = r->t0 ? ph_monotonic() - r->t0 : 0;
+    ph_server_count(server, &x);
+    server->beat->m.app_errors = atomic_load(&r->srv->app_errors);
 }
 
 static void on_release(ph_stream_t *s)
 {
     wreq_t *r = s->user;
+    count_end(r);
     r->stream = NULL;
     mark_gone(r, 1);
     req_unref(r); /* the stream's */
@@ -380,6 +418,14 @@ static void on_stream(ph_server_t *server, ph_stream_t *s)
     size_t limit = server->cfg.limit_concurrency;
     if (limit && atomic_load(&srv->inflight) >= limit) {
         ph_stream_respond_text(s, 503, "Service Unavailable", 19);
+        ph_exchange_t x = {.method = s->req.method,
+                           .target = s->req.target,
+                           .status = 503,
+                           .end = PH_END_REJECTED,
+                           .reject = PH_REJECT_CONCURRENCY,
+                           .bytes_out = 19};
+        x.version = s->req.http_major == 2 ? 20 : s->req.http_minor == 0 ? 10 : 11;
+        ph_server_reject(server, s->peer, &x);
         return;
     }
     wreq_t *r = req_new(srv, s);
@@ -387,7 +433,7 @@ static void on_stream(ph_server_t *server, ph_stream_t *s)
         ph_stream_respond_text(s, 500, "Internal Server Error", 21);
         return;
     }
-    r->t0 = srv->access_log ? ph_monotonic() : 0;
+    r->t0 = srv->access_log || server->beat ? ph_monotonic() : 0;
     s->handler = &wsgi_handler;
     s->user = r; /* the stream's reference, dropped in on_release */
     const ph_request_t *rq = &s->req;
@@ -401,6 +447,19 @@ static void on_stream(ph_server_t *server, ph_stream_t *s)
         return;
     }
     dispatch(srv, r);
+}
+
+static void out_sent(wreq_t *r, uint64_t len, int more)
+{
+    r->out_bytes += len;
+    r->out_body = 1;
+    r->out_done = !more;
+}
+
+static void out_undo(wreq_t *r, uint64_t len)
+{
+    r->out_bytes -= len;
+    r->out_done = 0;
 }
 
 /* What an app thread posted for r: run it against the stream, on this (the reactor's) thread. */
@@ -431,17 +490,27 @@ static void handle_req(wsgi_server_t *srv, wreq_t *r)
             /* the client left, or an earlier part was refused: nothing more goes out */
         } else if (o->type == OP_START) {
             rv = s->ops->start(s, o->status, o->hs, o->nh);
+            if (rv == 0)
+                r->out_status = o->status;
         } else if (o->type == OP_BODY) {
             r->ending = !o->more;
+            /* counted first: the last body() may release the stream (count_end) inside it */
+            out_sent(r, o->len, o->more);
             rv = s->ops->body(s, o->buf, o->len, o->more);
             responded |= rv == 0 && !o->more;
+            if (rv < 0)
+                out_undo(r, o->len);
         } else if (o->type == OP_FILE) {
             int fd = o->fd;
             o->fd = -1;
             r->ending = !o->more;
+            out_sent(r, o->flen, o->more);
             rv = s->ops->sendfile(s, fd, o->off, o->flen, o->more);
             responded |= rv == 0 && !o->more;
+            if (rv < 0)
+                out_undo(r, o->flen);
         } else if (o->type == OP_ABORT) {
+            r->out_aborted = 1;
             s->ops->abort(s);
         } else if (o->type == OP_ERROR) {
             respond_error(r, o->status);
@@ -927,6 +996,7 @@ typedef struct {
     int64_t content_length; /* the app's, -1 when none */
     unsigned head_sent : 1, ended : 1;
     uint64_t bytes;
+    PyObject *log_headers; /* the response headers, when the access log format names one */
 } responder_t;
 
 static void responder_dealloc(responder_t *rs)
@@ -934,6 +1004,7 @@ static void responder_dealloc(responder_t *rs)
     PyTypeObject *tp = Py_TYPE(rs);
     free(rs->start);
     req_unref(rs->r);
+    Py_XDECREF(rs->log_headers);
     Py_DECREF((PyObject *)rs->srv);
     tp->tp_free(rs);
     Py_DECREF(tp);
@@ -1072,6 +1143,8 @@ static PyObject *start_response(responder_t *rs, PyObject *const *args, Py_ssize
     rs->start = o;
     rs->status = status;
     rs->content_length = cl;
+    if (rs->srv->log_headers)
+        Py_XSETREF(rs->log_headers, Py_NewRef(args[1]));
     return PyCFunction_New(&write_def, (PyObject *)rs);
 }
 
@@ -1146,9 +1219,15 @@ static PyType_Spec responder_spec = {
 
 /* ---- the request's run on an app thread ---- */
 
+static void log_exception_as(wsgi_server_t *srv, const char *msg, PyObject *exc, int gone)
+{
+    if (ph_log_exception(srv->log_exception, msg, exc, gone))
+        atomic_fetch_add(&srv->app_errors, 1);
+}
+
 static void log_exception(wsgi_server_t *srv, const char *msg, PyObject *exc)
 {
-    ph_log_exception(srv->log_exception, msg, exc);
+    log_exception_as(srv, msg, exc, 0);
 }
 
 static PyObject *fetch_exception(void)
@@ -1410,29 +1489,44 @@ fail:
     return NULL;
 }
 
-static void access_log(wsgi_server_t *srv, wreq_t *r, PyObject *env, int status, uint64_t bytes)
+/* The request's access line (logs.py), from its app thread: end is PH_END_*. */
+static void access_log(wsgi_server_t *srv, wreq_t *r, PyObject *env, PyObject *resp_headers,
+                       int status, uint64_t bytes, int end)
 {
-    if (srv->access_log == NULL || env == NULL)
+    if (srv->access_log == NULL)
         return;
-    PyObject *addr = PyDict_GetItem(env, srv->keys[K_REMOTE_ADDR]);
-    PyObject *port = PyDict_GetItem(env, srv->keys[K_REMOTE_PORT]);
-    PyObject *client = addr && port && PyUnicode_GET_LENGTH(addr)
-                           ? PyUnicode_FromFormat("%U:%U", addr, port)
-                           : PyUnicode_FromString("-");
-    PyObject *method = PyDict_GetItem(env, srv->keys[K_REQUEST_METHOD]);
-    PyObject *path =
-        PyUnicode_DecodeLatin1(r->req.target.base, (Py_ssize_t)r->req.target.len, NULL);
+    PyObject *addr = env ? PyDict_GetItem(env, srv->keys[K_REMOTE_ADDR]) : NULL;
+    PyObject *port = env ? PyDict_GetItem(env, srv->keys[K_REMOTE_PORT]) : NULL;
+    PyObject *client;
+    if (addr && port && PyUnicode_GET_LENGTH(addr)) {
+        client = PyUnicode_FromFormat("%U:%U", addr, port);
+    } else {
+        char peer[INET6_ADDRSTRLEN + 16] = "-";
+        if (r->peer.ss_family != AF_UNIX)
+            ph_peer_text(&r->peer, peer, sizeof(peer));
+        client = PyUnicode_FromString(peer);
+    }
+    PyObject *method = ph_method_str(srv->st, r->req.method);
     const char *ver = r->req.http_major == 2 ? "2" : r->req.http_minor == 0 ? "1.0" : "1.1";
     double dt = ph_monotonic() - r->t0;
-    PyObject *res = client && path && method
-                        ? PyObject_CallFunction(srv->access_log, "OOOsiKd", client, method, path,
-                                                ver, status, (unsigned long long)bytes, dt)
+    uv_mutex_lock(&srv->mu);
+    uint64_t in = r->in_bytes;
+    uv_mutex_unlock(&srv->mu);
+    PyObject *headers = srv->log_headers ? PyTuple_Pack(2, env ? env : Py_None,
+                                                        resp_headers ? resp_headers : Py_None)
+                                         : Py_NewRef(Py_None);
+    PyObject *res = client && method && headers
+                        ? PyObject_CallFunction(srv->access_log, "OOy#siKdKiiO", client, method,
+                                                r->req.target.base, (Py_ssize_t)r->req.target.len,
+                                                ver, status, (unsigned long long)bytes, dt,
+                                                (unsigned long long)in, end, 0, headers)
                         : NULL;
     if (res == NULL)
         PyErr_WriteUnraisable(srv->access_log);
     Py_XDECREF(res);
     Py_XDECREF(client);
-    Py_XDECREF(path);
+    Py_XDECREF(method);
+    Py_XDECREF(headers);
 }
 
 /* A response the app did not send itself: the server's 500 if nothing has left, else an
@@ -1592,8 +1686,11 @@ static void run_request(wsgi_server_t *srv, wreq_t *r)
     uv_mutex_lock(&srv->mu);
     int gone = r->gone;
     uv_mutex_unlock(&srv->mu);
-    if (gone)
-        return; /* the client left before a thread was free: no app call for nobody */
+    if (gone) {
+        /* the client left before a thread was free: no app call for nobody */
+        access_log(srv, r, NULL, NULL, 0, 0, PH_END_CLIENT_GONE);
+        return;
+    }
     input_t *in = PyObject_New(input_t, st->wsgi_input_type);
     responder_t *rs = in ? PyObject_New(responder_t, st->wsgi_responder_type) : NULL;
     if (rs == NULL) {
@@ -1612,6 +1709,7 @@ static void run_request(wsgi_server_t *srv, wreq_t *r)
     rs->content_length = -1;
     rs->head_sent = rs->ended = 0;
     rs->bytes = 0;
+    rs->log_headers = NULL;
     atomic_fetch_add(&srv->running, 1);
 
     PyObject *env = build_environ(srv, r, (PyObject *)in);
@@ -1651,19 +1749,22 @@ static void run_request(wsgi_server_t *srv, wreq_t *r)
         uv_mutex_lock(&srv->mu);
         gone = r->gone;
         uv_mutex_unlock(&srv->mu);
-        int left = gone && exc && PyErr_GivenExceptionMatches(exc, st->client_disconnected);
-        if (!left)
-            log_exception(srv,
-                          env ? "Exception in WSGI application"
-                              : "Exception while building the WSGI environ",
-                          exc);
+        log_exception_as(srv,
+                         env ? "Exception in WSGI application"
+                             : "Exception while building the WSGI environ",
+                         exc, gone);
         if (!rs->ended)
             fail_response(rs);
     }
     Py_XDECREF(exc);
     if (rs->status == 0)
         rs->status = 500;
-    access_log(srv, r, env, rs->status, rs->bytes);
+    uv_mutex_lock(&srv->mu);
+    gone = r->gone && !r->responded;
+    uv_mutex_unlock(&srv->mu);
+    int end = gone ? PH_END_CLIENT_GONE : failed && rs->head_sent ? PH_END_APP_ERROR : PH_END_OK;
+    access_log(srv, r, env, rs->log_headers, gone && !rs->head_sent ? 0 : rs->status, rs->bytes,
+               end);
     Py_XDECREF(sr);
     Py_XDECREF(env);
     Py_DECREF(rs);
@@ -1847,6 +1948,7 @@ static int wsrv_traverse(wsgi_server_t *srv, visitproc visit, void *arg)
     Py_VISIT(srv->app);
     Py_VISIT(srv->tls_held);
     Py_VISIT(srv->beat_held);
+    Py_VISIT(srv->reject_held);
     Py_VISIT(srv->access_log);
     Py_VISIT(srv->log_exception);
     Py_VISIT(srv->proxy);
@@ -1878,6 +1980,7 @@ static void wsrv_dealloc(wsgi_server_t *srv)
     Py_CLEAR(srv->root_path);
     Py_CLEAR(srv->tls_held);
     Py_CLEAR(srv->beat_held);
+    Py_CLEAR(srv->reject_held);
     Py_CLEAR(srv->errors);
     Py_CLEAR(srv->extra_headers);
     for (int i = 0; i < PH_HNAME_SLOTS; i++)
@@ -1975,10 +2078,14 @@ static PyObject *wsrv_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     srv->server.on_stream = on_stream;
     if (ph_server_options(&srv->server, opts, &srv->extra_headers, &srv->root_path) < 0 ||
         ph_pytls_server_options(srv->st, &srv->server, opts, &srv->tls_held) < 0 ||
-        ph_beat_options(&srv->server, opts, &srv->beat_held) < 0)
+        ph_beat_options(&srv->server, opts, &srv->beat_held) < 0 ||
+        ph_reject_options(&srv->server, opts, &srv->reject_held) < 0)
         goto fail;
     PyObject *v = PyDict_GetItemString(opts, "access_log");
     srv->access_log = v && v != Py_None ? Py_NewRef(v) : NULL;
+    v = PyDict_GetItemString(opts, "access_log_headers");
+    if (v && (srv->log_headers = PyObject_IsTrue(v)) < 0)
+        goto fail;
     v = PyDict_GetItemString(opts, "log_exception");
     srv->log_exception = v && v != Py_None ? Py_NewRef(v) : NULL;
     v = PyDict_GetItemString(opts, "proxy");

@@ -22,6 +22,7 @@ from pronghorn.config import (
     HTTP_CHOICES,
     INTERFACE_CHOICES,
     LIFESPAN_MODES,
+    LOG_FORMATS,
     LOG_LEVELS,
     LOOP_CHOICES,
     SSL_CERT_REQS,
@@ -30,6 +31,7 @@ from pronghorn.config import (
     Config,
     ConfigError,
     flag_name,
+    load_env_file,
 )
 
 ENV_PREFIX = "PRONGHORN_"
@@ -431,8 +433,62 @@ OPTIONS: tuple[Option, ...] = (
         "write the PID of the process to signal here (removed at exit)",
         "PATH",
     ),
-    Option("--log-level", "log_level", "choice", "logging", "log level", None, LOG_LEVELS),
-    Option("--access-log", "access_log", "bool", "logging", "log one line per response"),
+    Option(
+        "--log-level",
+        "log_level",
+        "choice",
+        "logging",
+        "log level (default: info)",
+        None,
+        LOG_LEVELS,
+    ),  # fmt: skip
+    Option("--access-log", "access_log", "bool", "logging", "log one line per request"),
+    Option(
+        "--access-log-format",
+        "access_log_format",
+        "value",
+        "logging",
+        "access line format: %%(atom)s with atoms client, time, method, path, query, target, "
+        "version, request_line, status, bytes_in, bytes_out, duration_ms, duration_s, outcome, "
+        "end, request_id; %%({header}i)s a request header, %%({header}o)s a response header",
+        "FORMAT",
+    ),
+    Option(
+        "--log-format",
+        "log_format",
+        "choice",
+        "logging",
+        "text lines or JSON objects",
+        None,
+        LOG_FORMATS,
+    ),  # fmt: skip
+    Option(
+        "--log-config",
+        "log_config",
+        "value",
+        "logging",
+        "a logging configuration: dictConfig JSON or YAML (.json, .yaml), else INI (fileConfig)",
+        "PATH",
+    ),
+    Option(
+        "--use-colors", "use_colors", "bool", "logging", "color the log levels (auto: on a TTY)"
+    ),  # fmt: skip
+    Option(
+        "--metrics-bind",
+        "metrics_bind",
+        "value",
+        "logging",
+        "serve Prometheus metrics (/metrics), /healthz and /readyz on a listener of their own",
+        "HOST:PORT",
+    ),
+    Option(
+        "--env-file",
+        "env_file",
+        "value",
+        "app",
+        "load environment variables from this file (python-dotenv format) before anything",
+        "PATH",
+    ),
 )
 
 _GROUPS = {
@@ -446,7 +502,7 @@ _GROUPS = {
     "headers": "response headers",
     "proxy": "proxies",
     "process": "processes (workers, signals, recycling, reload)",
-    "logging": "logging",
+    "logging": "logging and metrics",
 }
 
 _DEFAULTS = {
@@ -585,6 +641,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
 
+        env_file = ns.env_file or os.environ.get(f"{ENV_PREFIX}ENV_FILE")
+        if env_file:
+            try:
+                load_env_file(env_file)
+            except ConfigError as exc:
+                _error(str(exc))
+                return 2
         options, sources = options_from(ns, os.environ)
         if "app" not in options:
             _error("the following arguments are required: APP")
@@ -597,7 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from pronghorn import logs
 
-        logs.configure(config.log_level, config.access_log)
+        try:
+            logs.setup(config)
+        except ValueError as exc:  # a --log-config that does not load
+            _error(str(exc))
+            return 2
         from pronghorn.server import serve, tls_context
 
         try:

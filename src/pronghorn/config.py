@@ -42,6 +42,7 @@ SSL_MIN_VERSIONS = ("1.2", "1.3")
 #: uvicorn's library names are taken for auto: pronghorn's own implementation serves them.
 WS_CHOICES = ("auto", "none", "websockets", "wsproto", "websockets-sansio")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 
 #: --workers above this is a typo, not a machine (each worker is a whole server process)
 MAX_WORKERS = 128
@@ -236,6 +237,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{_where(exc)}"
 
 
+def load_env_file(path: str) -> None:
+    """--env-file: the variables of a python-dotenv file into os.environ (those already set
+    win, as with uvicorn), before any other option is read — PRONGHORN_* ones included."""
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        raise ConfigError("--env-file needs python-dotenv: pip install python-dotenv") from None
+    if not os.path.isfile(path):
+        raise ConfigError(f"--env-file: no such file: {path}")
+    try:
+        load_dotenv(path, override=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--env-file {path}: {exc}") from exc
+
+
 def looks_like_asgi(app: Any) -> bool:
     """The --interface auto rule: WSGI for a callable that is not a coroutine function and
     takes exactly two required positional parameters (environ, start_response); ASGI for
@@ -312,8 +328,14 @@ class Config:
     date_header: bool = True
     proxy_headers: bool = True
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    log_level: str = "info"
+    log_level: str | None = None  # None: info, or what log_config sets
     access_log: bool = True
+    access_log_format: str | None = None
+    log_format: str = "text"
+    log_config: str | dict | None = None
+    use_colors: bool | None = None  # None: on when stderr is a terminal
+    env_file: str | None = None
+    metrics_bind: str | None = None
     workers: int = 1
     reload: bool = False
     reload_dirs: list[str] = field(default_factory=list)
@@ -398,9 +420,54 @@ class Config:
         self.date_header = _as_bool("date_header", self.date_header)
         self.proxy_headers = _as_bool("proxy_headers", self.proxy_headers)
         self._validate_forwarded_allow_ips()
-        self.log_level = _as_choice("log_level", self.log_level, LOG_LEVELS)
+        if self.log_level is not None:
+            self.log_level = _as_choice("log_level", self.log_level, LOG_LEVELS)
         self.access_log = _as_bool("access_log", self.access_log)
+        self._validate_logging()
         self._validate_processes()
+
+    def _validate_logging(self) -> None:
+        self.log_format = _as_choice("log_format", self.log_format, LOG_FORMATS)
+        if self.use_colors is not None:
+            self.use_colors = _as_bool("use_colors", self.use_colors)
+        fmt = self.access_log_format
+        if fmt is not None:
+            if not isinstance(fmt, str) or not fmt.strip():
+                raise _fail("access_log_format", "must be a non-empty format string", fmt)
+            from .logs import AccessLog
+
+            try:
+                AccessLog(fmt)
+            except ValueError as exc:
+                raise _fail("access_log_format", str(exc).split(": ", 1)[1], fmt) from None
+        lc = self.log_config
+        if lc is not None and not isinstance(lc, dict):
+            lc = os.fspath(lc) if isinstance(lc, os.PathLike) else lc
+            if not isinstance(lc, str) or not os.path.isfile(lc):
+                raise _fail("log_config", "must be a dictConfig dict or an existing file", lc)
+            self.log_config = lc
+        if self.env_file is not None:
+            ef = os.fspath(self.env_file)
+            if not os.path.isfile(ef):
+                raise _fail("env_file", "no such file", ef)
+            self.env_file = ef
+        if self.metrics_bind is not None:
+            self.metrics_bind = self._validate_metrics_bind(self.metrics_bind)
+
+    def _validate_metrics_bind(self, value: Any) -> str:
+        if not isinstance(value, str) or ":" not in value:
+            raise _fail("metrics_bind", 'must be "HOST:PORT"', value)
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        self.metrics_host = host
+        self.metrics_port = _as_int("metrics_bind", port, 0, 65535)
+        return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.metrics_bind is None:
+            return None
+        return self.metrics_host, self.metrics_port
 
     def _validate_processes(self) -> None:
         w = self.workers
@@ -720,4 +787,38 @@ class Config:
                 )
         elif not callable(app):
             raise ConfigError(f'app "{label}" is not callable ({type(app).__name__})')
+        elif _looks_like_factory(app):
+            # A factory passed without --factory would answer 500 to every request (it
+            # cannot take scope, receive, send): call it, as uvicorn does, and say so.
+            import logging
+
+            logging.getLogger("pronghorn.error").warning(
+                'app "%s" takes no arguments: calling it as an app factory '
+                "(pass --factory to say so)",
+                label,
+            )
+            try:
+                app = app()
+            except Exception as exc:
+                raise ConfigError(f'app factory "{label}" failed: {_describe(exc)}') from exc
+            if not callable(app):
+                raise ConfigError(
+                    f'app "{label}" takes no arguments and returned {type(app).__name__}, '
+                    "not an app"
+                )
         return app
+
+
+def _looks_like_factory(app: Any) -> bool:
+    """A plain function (not a class, not a coroutine function) callable with no arguments
+    and taking no *args: it cannot be an ASGI or WSGI app, so it must make one."""
+    import inspect
+
+    if inspect.isclass(app) or not inspect.isfunction(app) or inspect.iscoroutinefunction(app):
+        return False
+    params = inspect.signature(app).parameters.values()
+    return not any(
+        p.kind == p.VAR_POSITIONAL
+        or (p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+        for p in params
+    )

@@ -60,6 +60,7 @@ class Lifespan:
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "state": self.state,
         }
+        logger.debug("Lifespan: calling the app with the lifespan scope (--lifespan %s)", self.mode)
         try:
             await self.app(scope, self._receive, self._send)
         except BaseException as exc:  # noqa: BLE001 - reported, never raised further
@@ -79,10 +80,13 @@ class Lifespan:
             self._shutdown_done.set()
 
     async def _receive(self) -> dict:
-        return await self._receive_queue.get()
+        message = await self._receive_queue.get()
+        logger.debug("Lifespan: sent %s to the app", message.get("type"))
+        return message
 
     async def _send(self, message: dict) -> None:
         kind = message.get("type")
+        logger.debug("Lifespan: the app sent %s", kind)
         if kind == "lifespan.startup.complete":
             self._startup_done.set()
         elif kind == "lifespan.startup.failed":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import gc
 import logging
@@ -90,19 +91,31 @@ def bind_sockets(config: Config) -> list[tuple[socket.socket, bool]]:
         )
     except socket.gaierror as exc:
         raise ConfigError(f"--host: cannot resolve {config.host!r}: {exc.strerror}") from exc
-    family, socktype, proto, _, addr = infos[0]
-    sock = socket.socket(family, socktype, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot bind {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from exc
-    return [(sock, False)]
+    # Every address the name resolves to ("localhost": 127.0.0.1 and ::1), each once; with
+    # --port 0 the first one's port is used for the rest, so all of them are one server.
+    addrs = list(dict.fromkeys((info[0], info[4]) for info in infos))
+    bound: list[tuple[socket.socket, bool]] = []
+    port = config.port
+    for family, addr in addrs:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "::" alone is dual-stack; beside an IPv4 address each socket keeps to its own.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(len(addrs) > 1))
+        try:
+            sock.bind((addr[0], port, *addr[2:]))
+        except OSError as exc:
+            sock.close()
+            if bound and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                continue  # e.g. ::1 on a host without IPv6: the other addresses serve
+            for other, _ in bound:
+                other.close()
+            raise ConfigError(
+                f"cannot bind {config.host}:{port} ({addr[0]}): {exc.strerror or exc}"
+            ) from exc
+        port = sock.getsockname()[1]
+        bound.append((sock, False))
+    return bound
 
 
 def write_pid_file(config: Config) -> None:
@@ -155,15 +168,19 @@ def _proxy_resolver(config: Config):
     return resolve
 
 
-def _log_exception(message: str, exc: BaseException | None) -> None:
-    if exc is None:
-        logger.error(message)
-    else:
-        logger.error(message, exc_info=(type(exc), exc, exc.__traceback__))
-
-
 def _extra_headers(config: Config) -> bytes:
-    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in config.headers)
+    """The --header lines but Server, which replaces the default one (see _server_value)."""
+    return b"".join(
+        f"{name}: {value}\r\n".encode("latin-1")
+        for name, value in config.headers
+        if name.lower() != "server"
+    )
+
+
+def _server_value(config: Config) -> bytes | None:
+    """A --header "Server: x" replaces "pronghorn" (the last one given wins); None = default."""
+    given = [value for name, value in config.headers if name.lower() == "server"]
+    return given[-1].encode("latin-1") if given else None
 
 
 def _describe(config: Config, sock: socket.socket, is_unix: bool) -> str:
@@ -235,14 +252,21 @@ def _announce(names: list[str], worker) -> None:
         worker.ready()
 
 
-def _core_options(config: Config, tls=None, worker=None) -> dict:
+def _core_options(config: Config, tls=None, worker=None, page=None) -> dict:
     """What the C core's servers take (limits, timeouts, HTTP/2 settings, TLS, logging hooks,
-    a worker's heartbeat page)."""
-    access = logs.access_log_line if config.access_log and logs.access_log_enabled() else None
+    a worker's heartbeat page, or a single process's own for --metrics-bind)."""
+    access = None
+    if config.access_log and logs.access_log_enabled():
+        access = logs.AccessLog(config.access_log_format)
     extra = worker.core_options if worker is not None else {}
+    if page is not None:
+        extra = page.core_options()
     return extra | {
         "tls": tls,
         "log_debug": _log_debug if logger.isEnabledFor(logging.DEBUG) else None,
+        "on_reject": logs.Rejections(access),
+        "access_log_headers": bool(access and access.wants_headers),
+        "trace": logs.trace if logger.isEnabledFor(logs.TRACE) else None,
         "timeout_keep_alive": config.timeout_keep_alive,
         "timeout_request_header": config.timeout_request_header,
         "timeout_request_body": config.timeout_request_body,
@@ -253,7 +277,8 @@ def _core_options(config: Config, tls=None, worker=None) -> dict:
         "limit_request_header_size": config.limit_request_header_size,
         "limit_request_body": config.limit_request_body,
         "limit_concurrency": config.limit_concurrency,
-        "server_header": config.server_header,
+        "server_header": config.server_header or _server_value(config) is not None,
+        "server_value": _server_value(config),
         "date_header": config.date_header,
         "extra_headers": _extra_headers(config),
         "root_path": config.root_path,
@@ -264,7 +289,7 @@ def _core_options(config: Config, tls=None, worker=None) -> dict:
         "h2_max_header_list_size": config.h2_max_header_list_size,
         "h2_max_frame_size": config.h2_max_frame_size,
         "access_log": access,
-        "log_exception": _log_exception,
+        "log_exception": logs.log_exception,
         "proxy": _proxy_resolver(config) if config.proxy_headers else None,
     }
 
@@ -300,7 +325,14 @@ def _serve_wsgi(
     # started (a shell's `&` ignores SIGINT) is still delivered to sigwait(), as the ASGI
     # server's loop.add_signal_handler() also makes it.
     old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in signals}
-    options = _core_options(config, tls, worker)
+    try:
+        metrics = _metrics_for(config, worker)
+    except ConfigError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        raise
+    options = _core_options(config, tls, worker, metrics.page if metrics else None)
     options["errors"] = sys.stderr
     # under a supervisor, other processes run the app too (always so during a reload)
     options["multiprocess"] = worker is not None
@@ -317,11 +349,16 @@ def _serve_wsgi(
         for t in threads:
             t.start()
         server.start()
+        if metrics:
+            metrics.start()
         _freeze_startup_heap()
         _announce(names, worker)
         signal.sigwait(signals)
         logger.info("Shutting down")
+        if metrics:
+            metrics.draining = True
         server.shutdown()
+        _waiting(server, worker)
         deadline = None
         if config.timeout_graceful_shutdown is not None:
             deadline = time.monotonic() + config.timeout_graceful_shutdown
@@ -351,21 +388,75 @@ def _serve_wsgi(
         return 0
     finally:
         server.close()
+        if metrics:
+            metrics.close()
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+class _Metrics:
+    """--metrics-bind in a process without a supervisor: the page the core counts into, and
+    the listener, on a thread of its own (it reads the page; nothing on the event loop)."""
+
+    def __init__(self, config: Config) -> None:
+        from . import metrics
+
+        self.page = metrics.OwnPage()
+        self.draining = False
+        try:
+            self.endpoint = metrics.Endpoint(
+                config.metrics_address,
+                metrics.answer_for(self.page.workers, self.ready),
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-bind: cannot bind {config.metrics_bind}: {exc.strerror or exc}"
+            ) from exc
+
+    def ready(self) -> bool:
+        return not self.draining and bool(self.page.workers()[0][2]["accepting"])
+
+    def start(self) -> None:
+        self.endpoint.start_thread()
+        logger.info("Metrics on http://%s:%d/metrics", *self.endpoint.sock.getsockname()[:2])
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+
+def _metrics_for(config: Config, worker) -> _Metrics | None:
+    return _Metrics(config) if config.metrics_bind and worker is None else None
+
+
 async def _serve(
-    config: Config, app: Any, socks: list[tuple[socket.socket, bool]], tls=None, worker=None
+    config: Config,
+    app: Any,
+    socks: list[tuple[socket.socket, bool]],
+    tls=None,
+    worker=None,
+    owner: Server | None = None,
 ) -> int:
+    loop = asyncio.get_running_loop()
+    shutdown = owner._shutdown if owner is not None else _Shutdown()
+    handled = []
+    if owner is None or (
+        owner.install_signal_handlers and threading.current_thread() is threading.main_thread()
+    ):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, shutdown.request, sig)
+            handled.append(sig)
+    try:
+        return await _run_server(config, app, socks, tls, worker, owner, loop, shutdown)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def _run_server(config, app, socks, tls, worker, owner, loop, shutdown) -> int:
     from . import _core
 
-    loop = asyncio.get_running_loop()
-    shutdown = _Shutdown()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, shutdown.request, sig)
-
+    metrics = _metrics_for(config, worker)  # bound before the app starts, as the sockets
     state: dict = {}
     lifespan = Lifespan(app, config.lifespan, state)
     try:
@@ -374,9 +465,11 @@ async def _serve(
         logger.error("Application startup failed: %s", exc)
         for sock, _ in socks:
             sock.close()
+        if metrics:
+            metrics.close()
         return 3
 
-    options = _core_options(config, tls, worker)
+    options = _core_options(config, tls, worker, metrics.page if metrics else None)
     options.update(_ws_options(config))
     server = _core.Server(app, loop, state, options)
     names = []
@@ -384,37 +477,128 @@ async def _serve(
         names.append(_describe(config, sock, is_unix))
         server.listen(sock.detach(), is_unix, config.backlog)
     server.start()
+    if metrics:
+        metrics.start()
     _freeze_startup_heap()
     _announce(names, worker)
+    if owner is not None:
+        owner.started = True
 
-    await shutdown.event.wait()
-    logger.info("Shutting down")
-    server.shutdown()
-    deadline = None
-    if config.timeout_graceful_shutdown is not None:
-        deadline = loop.time() + config.timeout_graceful_shutdown
-    while server.connections and not shutdown.forced:
-        if deadline is not None and loop.time() >= deadline:
-            logger.warning(
-                "Graceful shutdown timed out with %d connection(s) open", server.connections
-            )
-            break
-        await asyncio.sleep(0.02)
-    # Time is up: a request not yet answered gets a 503 (nothing of a response had left, so a
-    # reset would hide what happened); its task is cancelled; a response cut short is reset.
-    if server.requests:
-        server.cancel_all()
-    server.expire()
-    # Let cancelled request tasks run their cleanup, and the last answers drain, before
-    # lifespan shutdown (close() then resets whatever is left).
-    for _ in range(50):
-        if not server.requests and not server.connections:
-            break
-        await asyncio.sleep(0.02)
-    await lifespan.shutdown()
-    server.close()
+    try:
+        await shutdown.event.wait()
+        logger.info("Shutting down")
+        if metrics:
+            metrics.draining = True
+        server.shutdown()
+        deadline = None
+        if config.timeout_graceful_shutdown is not None:
+            deadline = loop.time() + config.timeout_graceful_shutdown
+        _waiting(server, worker)
+        next_note = loop.time() + 1.0
+        while server.connections and not shutdown.forced:
+            if deadline is not None and loop.time() >= deadline:
+                logger.warning(
+                    "Graceful shutdown timed out with %d connection(s) open", server.connections
+                )
+                break
+            if loop.time() >= next_note:
+                next_note += 1.0
+                logger.debug(
+                    "Still waiting: %d request(s), %d connection(s)",
+                    server.requests,
+                    server.connections,
+                )
+            await asyncio.sleep(0.02)
+        # Time is up: a request not yet answered gets a 503 (nothing of a response had left, so
+        # a reset would hide what happened); its task is cancelled; a response cut short is
+        # reset.
+        if server.requests:
+            logger.debug("Cancelling %d request(s) still running", server.requests)
+            server.cancel_all()
+        server.expire()
+        # Let cancelled request tasks run their cleanup, and the last answers drain, before
+        # lifespan shutdown (close() then resets whatever is left).
+        for _ in range(50):
+            if not server.requests and not server.connections:
+                break
+            await asyncio.sleep(0.02)
+        await lifespan.shutdown()
+    finally:
+        server.close()
+        if metrics:
+            metrics.close()
     logger.info("Finished server process [%d]", os.getpid())
     return 0
+
+
+def _waiting(server, worker) -> None:
+    """The first word of a drain with work in flight (a worker's supervisor says it once)."""
+    if worker is None and (server.requests or server.connections):
+        logger.info(
+            "Waiting for %d request(s) and %d connection(s) to finish; press Ctrl+C again to force",
+            server.requests,
+            server.connections,
+        )
+
+
+class Server:
+    """pronghorn inside an asyncio program of your own (as uvicorn's ``Server``)::
+
+        server = pronghorn.Server(pronghorn.Config("app:app", port=8000))
+        await server.serve()          # beside your other tasks, on the running loop
+
+    ``should_exit = True`` (from any thread) starts the graceful shutdown; SIGINT/SIGTERM do
+    too when serve() runs on the main thread (``install_signal_handlers`` = False to keep
+    yours). ``started`` is True once it accepts. serve() returns the exit code (0; 3 when
+    lifespan startup failed). ASGI apps only: a WSGI app needs a thread pool (pronghorn.run()).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = False
+        self.install_signal_handlers = True
+        self._shutdown: _Shutdown | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._should_exit = False
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = bool(value)
+        if value and self._loop is not None and self._shutdown is not None:
+            self._loop.call_soon_threadsafe(self._shutdown.request, signal.SIGTERM)
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> int:
+        config = self.config
+        if config.supervised:
+            raise ConfigError("Server.serve() runs one process: use pronghorn.run() for workers")
+        logs.setup(config)
+        tls = tls_context(config)
+        app = config.load_app()
+        if config.app_interface(app) == "wsgi":
+            raise ConfigError(
+                "Server.serve() serves ASGI apps; run a WSGI app with pronghorn.run()"
+            )
+        self._loop = asyncio.get_running_loop()
+        self._shutdown = _Shutdown()
+        if self._should_exit:
+            self._shutdown.request(signal.SIGTERM)
+        owner = sockets is None
+        socks = (
+            bind_sockets(config)
+            if owner
+            else [(sock, sock.family == socket.AF_UNIX) for sock in sockets]
+        )
+        logger.info("Started server process [%d]", os.getpid())
+        try:
+            return await _serve(config, app, socks, tls, None, self)
+        finally:
+            self.started = False
+            if owner:
+                remove_uds(config)
 
 
 def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
@@ -436,7 +620,7 @@ def serve(config: Config, tls=None, socks=None, worker=None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code. tls: what
     tls_context(config) made, if the caller checked the certificates already. A supervisor's
     worker passes the sockets it inherited and its link to the supervisor (supervisor.py)."""
-    logs.configure(config.log_level, config.access_log)
+    logs.setup(config)
     if tls is None:
         tls = tls_context(config)
     app = config.load_app()

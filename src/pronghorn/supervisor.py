@@ -38,6 +38,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import metrics as _metrics
 from . import server as _server
 from .config import MAX_WORKERS, Config, ConfigError
 
@@ -45,8 +46,8 @@ logger = logging.getLogger("pronghorn.error")
 
 #: ph_beat_t (src/core/server.h): beat_ns, requests, streams, conns, accepting, last
 BEAT = struct.Struct("=QQQQQ88s")
-#: bytes of shared page per worker (8-byte aligned, at least BEAT.size)
-SLOT_SIZE = 256
+#: bytes of shared page per worker (8-byte aligned; ph_beat_t with its counters fits)
+SLOT_SIZE = _metrics.SLOT_SIZE
 #: worker slots: twice the most workers, for a reload's overlap of old and new
 SLOTS = 2 * MAX_WORKERS + 8
 #: how often a worker's reactor beats (seconds); shorter when --worker-timeout asks for less
@@ -176,6 +177,8 @@ class Supervisor:
         self.names: list[str] = []
         self.wake_r = self.wake_w = -1
         self.pid = os.getpid()
+        self.endpoint: _metrics.Endpoint | None = None  # --metrics-bind
+        self.retired = _metrics.zero()  # the counters of workers that exited
         interval = BEAT_INTERVAL
         if config.worker_timeout:
             interval = min(interval, config.worker_timeout / 4)
@@ -188,6 +191,19 @@ class Supervisor:
         config = self.config
         self.socks = _server.bind_sockets(config)
         self.names = [_server._describe(config, s, is_unix) for s, is_unix in self.socks]
+        if config.metrics_bind:
+            try:
+                self.endpoint = _metrics.Endpoint(
+                    config.metrics_address,
+                    _metrics.answer_for(self._live_slots, self._ready, lambda: self.retired),
+                )
+            except OSError as exc:
+                for sock, _ in self.socks:
+                    sock.close()
+                raise ConfigError(
+                    f"--metrics-bind: cannot bind {config.metrics_bind}: {exc.strerror or exc}"
+                ) from exc
+            logger.info("Metrics on http://%s:%d/metrics", *self.endpoint.sock.getsockname()[:2])
         _server.write_pid_file(config)
         old_handlers = {}
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -212,6 +228,8 @@ class Supervisor:
                 self.watcher.close()
             for sock, _ in self.socks:
                 sock.close()
+            if self.endpoint is not None:
+                self.endpoint.close()
             _server.remove_pid_file(config)
             _server.remove_uds(config)
             logger.info("Finished parent process [%d]", self.pid)
@@ -237,7 +255,11 @@ class Supervisor:
                 self._on_changes(changes)
             timeout = 0.0
         fds = [self.wake_r] + [w.ctl for w in self.workers if w.ctl >= 0]
+        if self.endpoint is not None:
+            fds += self.endpoint.fds()
         readable, _, _ = select.select(fds, [], [], timeout)
+        if self.endpoint is not None:
+            self.endpoint.handle(readable)
         for fd in readable:
             if fd == self.wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -310,6 +332,8 @@ class Supervisor:
             signal.signal(sig, signal.SIG_DFL)  # until the server sets its own
         os.close(self.wake_r)
         os.close(self.wake_w)
+        if self.endpoint is not None:  # the supervisor's to answer
+            self.endpoint.close()
         for other in self.workers:
             if other.ctl >= 0:
                 os.close(other.ctl)
@@ -325,6 +349,18 @@ class Supervisor:
                 traceback.print_exception(exc.__cause__)
             print(f"pronghorn: error: {exc}", file=sys.stderr)
             return 1
+
+    def _live_slots(self) -> list[tuple[str, int, dict]]:
+        """(label, pid, slot) of every worker serving or draining, for /metrics and /healthz."""
+        return [
+            (str(w.slot), w.pid, _metrics.read(self.page, w.slot))
+            for w in sorted(self.workers, key=lambda w: w.slot)
+            if w.ready
+        ]
+
+    def _ready(self) -> bool:
+        """/readyz: serving, and no drain begun (a SIGTERM makes it 503 at once)."""
+        return self.phase == "running" and any(s["accepting"] for _, _, s in self._live_slots())
 
     def _beat(self, worker: Worker) -> tuple[int, int, int, int, str]:
         beat_ns, requests, streams, conns, _, last = BEAT.unpack_from(
@@ -385,6 +421,8 @@ class Supervisor:
     def _on_exit(self, worker: Worker, status: int) -> None:
         served = self._beat(worker)[1]
         self.workers.remove(worker)
+        # its counts stay in the totals: no counter of /metrics ever goes back
+        _metrics.add_counters(self.retired, _metrics.read(self.page, worker.slot))
         offset = worker.slot * SLOT_SIZE
         self.page[offset : offset + SLOT_SIZE] = bytes(SLOT_SIZE)  # no longer a peer
         self.free_slots.append(worker.slot)

@@ -42,8 +42,9 @@ class Log:
     def __init__(self):
         self.errors = []
 
-    def __call__(self, message, exc):
+    def __call__(self, message, exc, client_gone=False):
         self.errors.append((message, exc))
+        return True
 
 
 async def hello(scope, receive, send):

@@ -16,7 +16,7 @@
 #include "stream.h"
 
 #define NSLOTS 4
-#define SLOT 256
+#define SLOT 1024 /* a ph_beat_t with its counters fits (metrics.SLOT_SIZE) */
 
 static _Alignas(8) char page[NSLOTS * SLOT];
 
