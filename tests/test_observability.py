@@ -783,3 +783,18 @@ def test_fd_that_is_not_a_socket_is_one_line(tmp_path):
         )
     assert out.returncode != 0
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_metrics_listener_survives_stalled_and_bad_clients(server):
+    mport = free_port()
+    server(APP, "--metrics-bind", f"127.0.0.1:{mport}")
+    stalled = socket.create_connection(("127.0.0.1", mport))
+    stalled.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finishes its head
+    try:
+        assert httpx.get(f"http://127.0.0.1:{mport}/healthz", timeout=5).status_code == 200
+        assert raw(mport, b"X" * 9000).startswith(b"HTTP/1.1 431")
+        assert raw(mport, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+        assert stalled.recv(100) == b""  # dropped after the endpoint's timeout
+    finally:
+        stalled.close()
+    assert httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).status_code == 200

@@ -2555,15 +2555,7 @@ void ph_asgi_on_stream(ph_server_t *server, ph_stream_t *s)
     ph_state_t *st = srv->st;
     size_t limit = server->cfg.limit_concurrency;
     if (limit && srv->nreqs >= limit) {
-        ph_stream_respond_text(s, 503, "Service Unavailable", 19);
-        ph_exchange_t x = {.method = s->req.method,
-                           .target = s->req.target,
-                           .status = 503,
-                           .end = PH_END_REJECTED,
-                           .reject = PH_REJECT_CONCURRENCY,
-                           .bytes_out = 19};
-        x.version = s->req.http_major == 2 ? 20 : s->req.http_minor == 0 ? 10 : 11;
-        ph_server_reject(server, s->peer, &x);
+        ph_server_refuse_busy(server, s);
         return;
     }
     ph_req_t *r = PyObject_GC_New(ph_req_t, st->req_type);

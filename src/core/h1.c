@@ -1109,7 +1109,7 @@ static void write_simple(h1_t *h, int status, const char *text, const char *head
 }
 
 /* A request no bridge saw, answered here: its line in the access log, and the counters. */
-static void record_reject(h1_t *h, int status)
+static void record_reject(h1_t *h, int status, const char *text)
 {
     const llhttp_t *p = &h->parser;
     ph_exchange_t x = {.status = status, .end = PH_END_REJECTED};
@@ -1135,7 +1135,8 @@ static void record_reject(h1_t *h, int status)
     }
     x.version = p->http_major == 1 && p->http_minor == 0 ? 10 : 11;
     x.bytes_in = h->body_received;
-    x.bytes_out = strlen(ph_status_reason(status)); /* about: the text is the body */
+    size_t tl = strlen(text); /* write_simple's body: the text (cut at 199) and a newline */
+    x.bytes_out = (tl < 199 ? tl : 199) + 1;
     ph_server_reject(h->server, &h->conn->peer, &x);
 }
 
@@ -1158,7 +1159,7 @@ static void fail_with(h1_t *h, int status, const char *text, const char *header_
     if (h->stream_open)
         h->stream.answered = status; /* the bridge logs the request with what the client got */
     else if (h->in_message || status == 503)
-        record_reject(h, status);
+        record_reject(h, status, text ? text : ph_status_reason(status));
     disconnect_stream(h);
     write_simple(h, status, text ? text : ph_status_reason(status), header_line);
     close_conn(h, 1);

@@ -110,6 +110,20 @@ void ph_server_reject(ph_server_t *server, const struct sockaddr_storage *peer,
         server->on_reject(server, peer, x);
 }
 
+void ph_server_refuse_busy(ph_server_t *server, ph_stream_t *s)
+{
+    static const char text[] = "Service Unavailable";
+    ph_stream_respond_text(s, 503, text, sizeof(text) - 1);
+    ph_exchange_t x = {.method = s->req.method,
+                       .target = s->req.target,
+                       .status = 503,
+                       .end = PH_END_REJECTED,
+                       .reject = PH_REJECT_CONCURRENCY,
+                       .bytes_out = sizeof(text) - 1};
+    x.version = s->req.http_major == 2 ? 20 : s->req.http_minor == 0 ? 10 : 11;
+    ph_server_reject(server, s->peer, &x);
+}
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;

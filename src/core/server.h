@@ -233,6 +233,9 @@ void ph_server_count(ph_server_t *server, const ph_exchange_t *x);
 void ph_server_reject(ph_server_t *server, const struct sockaddr_storage *peer,
                       const ph_exchange_t *x);
 
+/* --limit-concurrency reached: a bridge's 503 for s, logged and counted as a rejection. */
+void ph_server_refuse_busy(ph_server_t *server, ph_stream_t *s);
+
 /* Counts wire bytes, connections and what they speak, when there are counters. */
 static inline void ph_server_count_bytes(ph_server_t *server, uint64_t in, uint64_t out)
 {

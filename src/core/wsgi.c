@@ -417,15 +417,7 @@ static void on_stream(ph_server_t *server, ph_stream_t *s)
     wsgi_server_t *srv = server->host;
     size_t limit = server->cfg.limit_concurrency;
     if (limit && atomic_load(&srv->inflight) >= limit) {
-        ph_stream_respond_text(s, 503, "Service Unavailable", 19);
-        ph_exchange_t x = {.method = s->req.method,
-                           .target = s->req.target,
-                           .status = 503,
-                           .end = PH_END_REJECTED,
-                           .reject = PH_REJECT_CONCURRENCY,
-                           .bytes_out = 19};
-        x.version = s->req.http_major == 2 ? 20 : s->req.http_minor == 0 ? 10 : 11;
-        ph_server_reject(server, s->peer, &x);
+        ph_server_refuse_busy(server, s);
         return;
     }
     wreq_t *r = req_new(srv, s);

@@ -777,14 +777,7 @@ class Config:
         if self.factory:
             if not callable(app):
                 raise ConfigError(f'app factory "{label}" is not callable ({type(app).__name__})')
-            try:
-                app = app()
-            except Exception as exc:
-                raise ConfigError(f'app factory "{label}" failed: {_describe(exc)}') from exc
-            if not callable(app):
-                raise ConfigError(
-                    f'app factory "{label}" returned {type(app).__name__}, not an ASGI callable'
-                )
+            app = _call_factory(app, label, f'app factory "{label}" returned')
         elif not callable(app):
             raise ConfigError(f'app "{label}" is not callable ({type(app).__name__})')
         elif _looks_like_factory(app):
@@ -797,16 +790,19 @@ class Config:
                 "(pass --factory to say so)",
                 label,
             )
-            try:
-                app = app()
-            except Exception as exc:
-                raise ConfigError(f'app factory "{label}" failed: {_describe(exc)}') from exc
-            if not callable(app):
-                raise ConfigError(
-                    f'app "{label}" takes no arguments and returned {type(app).__name__}, '
-                    "not an app"
-                )
+            app = _call_factory(app, label, f'app "{label}" takes no arguments and returned')
         return app
+
+
+def _call_factory(factory: Callable[..., Any], label: str, returned: str) -> Any:
+    """The app a factory makes; ConfigError when it fails or makes no callable."""
+    try:
+        app = factory()
+    except Exception as exc:
+        raise ConfigError(f'app factory "{label}" failed: {_describe(exc)}') from exc
+    if not callable(app):
+        raise ConfigError(f"{returned} {type(app).__name__}, not an ASGI callable")
+    return app
 
 
 def _looks_like_factory(app: Any) -> bool:

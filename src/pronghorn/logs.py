@@ -224,6 +224,10 @@ def split_target(target: bytes | str) -> tuple[str, str]:
     ``/caf%C3%A9`` and a raw ``/café`` read ``/café``) and the query as sent."""
     if isinstance(target, str):
         target = target.encode("latin-1")
+    if target.isascii() and b"%" not in target:  # the common case: nothing to decode
+        text = target.decode("ascii")
+        path, _, query = text.partition("?")
+        return _printable(path), _printable(query)
     raw_path, _, raw_query = target.partition(b"?")
     path = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8", "backslashreplace")
     return _printable(path), _printable(raw_query.decode("utf-8", "backslashreplace"))
@@ -275,11 +279,6 @@ _ATOMS = {
     "outcome": lambda x: x["end_text"] or "-",
 }
 
-# The atoms --access-log-format takes (README, Logging), besides {name}i and {name}o.
-ATOMS = ("client", "time", "method", "path", "query", "target", "version", "request_line",
-         "status", "bytes_in", "bytes_out", "duration_ms", "duration_s", "outcome", "end",
-         "request_id")  # fmt: skip
-
 
 class AccessLog:
     """The access line of one exchange (the core calls it): the default text line, a
@@ -316,6 +315,21 @@ class AccessLog:
         if end == 5 and reject in (8, 9):  # a 503 at a limit says which
             end_text = f"({REJECTS[reject].replace('_', '-')})"
         shown = f"{path}?{query}" if query else path
+        json_out = _json_access()
+        if self.fmt is None and not json_out:
+            access_logger.info(
+                '%s - "%s %s HTTP/%s" %s %d %.1fms%s',
+                client or "-",
+                method,
+                shown,
+                version,
+                status_text,
+                bytes_out,
+                seconds * 1000.0,
+                " " + end_text if end_text else "",
+                extra={"status_text": status_text},
+            )
+            return
         line = {
             "client": client or "-",
             "method": method,
@@ -331,27 +345,13 @@ class AccessLog:
             "end_text": end_text,
             "when": time.time(),
         }
-        if self.fmt is None and not _json_access():
-            access_logger.info(
-                '%s - "%s %s HTTP/%s" %s %d %.1fms%s',
-                line["client"],
-                method,
-                shown,
-                version,
-                status_text,
-                bytes_out,
-                seconds * 1000.0,
-                " " + end_text if end_text else "",
-                extra={"status_text": status_text},
-            )
-            return
         atoms = _Atoms(line, headers)
         if self.wants_headers or headers:
             rid = _header(headers[0] if headers else None, b"x-request-id")
             atoms["request_id"] = _printable(rid) if rid else "-"
         else:
             atoms["request_id"] = "-"
-        if _json_access():
+        if json_out:
             fields = {
                 k: line[k]
                 for k in (
@@ -403,10 +403,6 @@ _SAMPLE = {
 
 def _json_access() -> bool:
     return any(isinstance(h.formatter, JSONFormatter) for h in access_logger.handlers)
-
-
-# Kept for callers of the old name (tests, embedders): the default line.
-access_log_line = AccessLog()
 
 
 class Rejections:
