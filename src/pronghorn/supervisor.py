@@ -250,7 +250,10 @@ class Supervisor:
     def _wait(self, timeout: float) -> None:
         """Sleeps until a signal, a worker's message or a file change, at most timeout."""
         if self.watcher is not None:
-            changes = self.watcher.watch(50, 50, int(timeout * 1000), self)
+            # No stop event: watchfiles drops the changes it holds when one fires, so an edit
+            # made as a signal or a worker's message came would be lost. The wait is at most
+            # one tick; signals and messages are taken right after it.
+            changes = self.watcher.watch(50, 50, int(timeout * 1000), None)
             if isinstance(changes, set):
                 self._on_changes(changes)
             timeout = 0.0
@@ -279,11 +282,6 @@ class Supervisor:
             if RETIRE in data and worker.replaced_by is None and worker.stopping_since is None:
                 requests = self._beat(worker)[1]
                 self._replace(worker, f"{requests} requests served (--max-requests)")
-
-    def is_set(self) -> bool:
-        """For the file watcher's wait: stop waiting when a signal or a worker's message came."""
-        fds = [self.wake_r] + [w.ctl for w in self.workers if w.ctl >= 0]
-        return bool(select.select(fds, [], [], 0)[0])
 
     # ---- workers -----------------------------------------------------------------------------
 
